@@ -1,0 +1,28 @@
+"""Access to the compiled extension ``sam_unet._C`` with a clear error when it is missing."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+_C: ModuleType | None = None
+
+
+def native() -> ModuleType:
+    """Return the compiled module, importing it on first use."""
+    global _C
+    if _C is None:
+        try:
+            from sam_unet import _C as module
+        except ImportError as exc:  # pragma: no cover - only on a broken install
+            raise ImportError(
+                "sam_unet._C (the compiled extension) could not be imported. Reinstall the "
+                "package with `pip install .` from the project root so the native ops are "
+                f"built ({exc})."
+            ) from exc
+        _C = module
+    return _C
+
+
+def build_info() -> dict:
+    """What the native module was compiled with: see ``sam_unet._C.build_info``."""
+    return dict(native().build_info())

@@ -1,0 +1,1 @@
+"""One module per ``sam-unet`` sub-command (see sam_unet.cli.COMMANDS)."""
