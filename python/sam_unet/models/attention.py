@@ -1,0 +1,104 @@
+"""Multi-head self-attention with decomposed relative positions (SAM ViT attention)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def relative_index(size: int) -> torch.Tensor:
+    """Index into a (2 * size - 1, C) relative-position table: (size, size) int64.
+
+    ``index[i, j] = i - j + size - 1`` (query position i, key position j), as in SAM's
+    ``get_rel_pos`` when query and key sizes are equal.
+    """
+    coords = torch.arange(size)
+    return coords[:, None] - coords[None, :] + (size - 1)
+
+
+class RelPosAttention(nn.Module):
+    """SAM's ViT attention: qkv projection, decomposed relative-position bias, output projection.
+
+    The module works on (B, H, W, C) token grids. ``input_size`` is the grid the relative-position
+    tables are sized for ((window, window) in windowed blocks, the full token grid in global
+    blocks); tables have shape (2 * size - 1, head_dim).
+
+    Two numerically equivalent attention kernels are available:
+
+    - fast (default): ``F.scaled_dot_product_attention`` with the relative-position bias as an
+      additive float mask (scale ``head_dim ** -0.5``), bias built with matmuls;
+    - plain: ``softmax(q * scale @ k^T + rel_pos) @ v`` exactly as SAM writes it (einsum bias).
+
+    The projections are exposed (:meth:`attend_qkv`) so that the windowed block can compute qkv on
+    the real tokens only and pad q/k/v with the qkv bias rows.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_heads: int,
+        input_size: tuple[int, int],
+        qkv_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.fast = True
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.rel_pos_h = nn.Parameter(torch.zeros(2 * self.input_size[0] - 1, self.head_dim))
+        self.rel_pos_w = nn.Parameter(torch.zeros(2 * self.input_size[1] - 1, self.head_dim))
+
+    def _tables(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Relative-position tables gathered for an (h, w) grid: (h, h, hd) and (w, w, hd)."""
+        if 2 * h - 1 != self.rel_pos_h.shape[0] or 2 * w - 1 != self.rel_pos_w.shape[0]:
+            raise ValueError(f"attention sized for a {self.input_size} grid got a ({h}, {w}) grid")
+        rh = self.rel_pos_h[relative_index(h).to(self.rel_pos_h.device)]
+        rw = self.rel_pos_w[relative_index(w).to(self.rel_pos_w.device)]
+        return rh, rw
+
+    def rel_pos_bias(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Decomposed relative-position bias.
+
+        q: (B, heads, h*w, hd) unscaled queries. Returns (B, heads, h*w, h*w), q's dtype.
+        """
+        b, n, _, c = q.shape
+        rh, rw = self._tables(h, w)
+        r_q = q.reshape(b, n, h, w, c)
+        if self.fast:
+            # (b,n,h,w,c) @ (h,c,k) -> (b,n,h,w,k); matmul instead of einsum for export.
+            rel_h = torch.matmul(r_q, rh.transpose(1, 2))
+            rel_w = torch.matmul(r_q.transpose(2, 3), rw.transpose(1, 2)).transpose(2, 3)
+        else:
+            rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh)
+            rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw)
+        bias = rel_h[:, :, :, :, :, None] + rel_w[:, :, :, :, None, :]
+        return bias.reshape(b, n, h * w, h * w)
+
+    def attend_qkv(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Attention from precomputed qkv.
+
+        qkv: (B, h, w, 3 * dim). Returns the attention output before ``proj``: (B, h, w, dim).
+        """
+        b, h, w, _ = qkv.shape
+        qkv = qkv.reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
+        bias = self.rel_pos_bias(q, h, w)
+        if self.fast:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1) + bias
+            attn = attn.softmax(dim=-1)
+            out = attn @ v
+        return out.transpose(1, 2).reshape(b, h, w, self.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, dim) -> (B, H, W, dim)."""
+        return self.proj(self.attend_qkv(self.qkv(x)))
