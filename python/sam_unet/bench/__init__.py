@@ -1,0 +1,1 @@
+"""Benchmark suite behind ``sam-unet bench`` and the scripts in benchmarks/."""
