@@ -1,0 +1,87 @@
+"""The native ops against their references: seconds, slices/s and GB/s vs the copy ceiling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sam_unet.bench.pipeline import synthetic_ct
+from sam_unet.bench.timing import time_fn
+
+
+def _bytes(shape: tuple[int, int, int], in_itemsize: int, out_per_slice: int) -> tuple[int, int]:
+    x, y, z = shape
+    return x * y * z * in_itemsize, z * out_per_slice
+
+
+def run_ops_bench(shape: tuple[int, int, int], device: str, *, reference: bool = True,
+                  runs: int = 5) -> list[dict]:
+    """Preprocess (int16 volume -> (Z,3,256,256) float16/32) and postprocess ((Z,1,64,64) ->
+    uint8 volume) for the per-slice reference, the C++ CPU op and, on a GPU, the CUDA op."""
+    from sam_unet import ops, transforms
+
+    vol = synthetic_ct(shape)
+    z = shape[2]
+    h2, w2 = transforms.resized_shape(shape[0], shape[1])
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, size=(z, 1, 64, 64)).astype(np.float32)
+    rows: list[dict] = []
+
+    def add(op: str, path: str, seconds: float, nbytes: int) -> None:
+        rows.append({"op": op, "path": path, "shape": "x".join(map(str, shape)),
+                     "seconds": seconds, "slices_per_s": z / seconds,
+                     "gbps": nbytes / seconds / 1e9})
+
+    pre_bytes = vol.nbytes + z * 3 * 256 * 256 * 4
+    post_bytes = logits.nbytes + vol.size
+    if reference:
+        t = time_fn(lambda: transforms.preprocess_slices(vol, 0, z, axis=2), runs=1, warmup=0)
+        add("preprocess", "reference (NumPy, per slice)", t.median, pre_bytes)
+        out = np.zeros(shape, np.uint8)
+
+        def ref_post() -> None:
+            out[...] = np.moveaxis(
+                transforms.postprocess_batch(logits, (h2, w2), (shape[0], shape[1])), 0, 2)
+
+        t = time_fn(ref_post, runs=1, warmup=0)
+        add("postprocess", "reference (PyTorch, per slice)", t.median, post_bytes)
+
+    images = np.empty((z, 3, 256, 256), np.float32)
+    t = time_fn(lambda: ops.preprocess(vol, images, z0=0, n=z, axis=2), runs=runs)
+    add("preprocess", "C++ CPU", t.median, pre_bytes)
+    out = np.zeros(shape, np.uint8)
+    t = time_fn(lambda: ops.postprocess(logits, out, z0=0, n=z, axis=2, resized_hw=(h2, w2)),
+                runs=runs)
+    add("postprocess", "C++ CPU", t.median, post_bytes)
+
+    if device.startswith("cuda"):
+        import torch
+
+        dvol = torch.from_numpy(vol).to(device)
+        for dt, size in ((torch.float16, 2), (torch.float32, 4)):
+            dimg = torch.empty((z, 3, 256, 256), dtype=dt, device=device)
+            stream = torch.cuda.current_stream().cuda_stream
+            t = time_fn(lambda dimg=dimg, stream=stream: ops.preprocess(
+                dvol, dimg, z0=0, n=z, axis=2, stream=stream), device=device, runs=50)
+            add("preprocess", f"CUDA {str(dt)[6:]}", t.median, vol.nbytes + dimg.numel() * size)
+        dlog = torch.from_numpy(logits).to(device)
+        dout = torch.zeros(shape, dtype=torch.uint8, device=device)
+        t = time_fn(lambda: ops.postprocess(dlog, dout, z0=0, n=z, axis=2, resized_hw=(h2, w2),
+                                            stream=torch.cuda.current_stream().cuda_stream),
+                    device=device, runs=50)
+        add("postprocess", "CUDA", t.median, post_bytes)
+    return rows
+
+
+def speedups(rows: list[dict]) -> dict[str, Any]:
+    """Speed-up of each path over the reference of the same op."""
+    out: dict[str, Any] = {}
+    for op in ("preprocess", "postprocess"):
+        ref = [r for r in rows if r["op"] == op and r["path"].startswith("reference")]
+        if not ref:
+            continue
+        for r in rows:
+            if r["op"] == op and not r["path"].startswith("reference"):
+                out[f"{op} {r['path']}"] = ref[0]["seconds"] / r["seconds"]
+    return out
