@@ -1,0 +1,393 @@
+// CPU implementations of the volume ops: groups of slices in parallel (OpenMP), each group read
+// in one sweep in the volume's memory order, so strided and slice-contiguous layouts both stream.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "sam_unet/check.h"
+#include "sam_unet/half.h"
+#include "sam_unet/ops.h"
+#include "sam_unet/resample.h"
+
+namespace sam_unet {
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::U8: return "uint8";
+    case DType::I16: return "int16";
+    case DType::U16: return "uint16";
+    case DType::I32: return "int32";
+    case DType::F16: return "float16";
+    case DType::F32: return "float32";
+    case DType::F64: return "float64";
+  }
+  return "?";
+}
+
+int dtype_size(DType t) {
+  switch (t) {
+    case DType::U8: return 1;
+    case DType::I16: case DType::U16: case DType::F16: return 2;
+    case DType::I32: case DType::F32: return 4;
+    case DType::F64: return 8;
+  }
+  return 0;
+}
+
+void resized_shape(int64_t h, int64_t w, int32_t* h2, int32_t* w2) {
+  double scale = kImageSize * 1.0 / (double)std::max(h, w);
+  *h2 = std::max<int32_t>(1, (int32_t)(h * scale + 0.5));
+  *w2 = std::max<int32_t>(1, (int32_t)(w * scale + 0.5));
+}
+
+SliceRun make_slice_run(const Volume3D& vol, int axis, int64_t z0, int64_t n) {
+  SAMUNET_CHECK(axis >= -3 && axis < 3, "axis must be in [-3, 2], got ", axis);
+  if (axis < 0) axis += 3;
+  for (int d = 0; d < 3; ++d)
+    SAMUNET_CHECK(vol.shape[d] > 0, "volume has an empty axis: shape (", vol.shape[0], ", ",
+                  vol.shape[1], ", ", vol.shape[2], ")");
+  SAMUNET_CHECK(n >= 0 && z0 >= 0 && z0 + n <= vol.shape[axis], "slices [z0, z0 + n) = [", z0,
+                ", ", z0 + n, ") outside the axis ", axis, " of length ", vol.shape[axis]);
+  SliceRun r;
+  r.axis = axis;
+  r.z0 = z0;
+  r.n = n;
+  int a = axis == 0 ? 1 : 0, b = axis == 2 ? 1 : 2;
+  r.H = vol.shape[a];
+  r.W = vol.shape[b];
+  r.s_slice = vol.strides[axis];
+  r.s_h = vol.strides[a];
+  r.s_w = vol.strides[b];
+  return r;
+}
+
+void check_preprocess(const PreprocessParams& p) {
+  DType t = p.volume.dtype;
+  SAMUNET_CHECK(t == DType::U8 || t == DType::I16 || t == DType::U16 || t == DType::I32 ||
+                    t == DType::F32 || t == DType::F64,
+                "volume: unsupported dtype ", dtype_name(t),
+                "; supported are uint8, int16, uint16, int32, float32, float64");
+  SAMUNET_CHECK(p.out_dtype == DType::F16 || p.out_dtype == DType::F32,
+                "out: dtype must be float16 or float32, got ", dtype_name(p.out_dtype));
+  SAMUNET_CHECK(p.mode == NormMode::SliceMinMax || p.mode == NormMode::Window,
+                "mode must be 'slice-minmax' or 'window'");
+  SAMUNET_CHECK(p.mode != NormMode::Window || p.has_window, "mode 'window' requires window=(lo, hi)");
+  if (p.has_window) {
+    SAMUNET_CHECK(std::isfinite(p.lo) && std::isfinite(p.hi), "window bounds must be finite");
+    SAMUNET_CHECK(p.lo < p.hi, "window must have lo < hi, got lo=", p.lo, " hi=", p.hi);
+  }
+  int32_t h2, w2;
+  resized_shape(p.run.H, p.run.W, &h2, &w2);
+  SAMUNET_CHECK(resample_ksize(p.run.H, h2) <= kMaxTaps && resample_ksize(p.run.W, w2) <= kMaxTaps,
+                "volume: slice size ", p.run.H, "x", p.run.W,
+                " is too large to resize (downscale factor at most 31)");
+}
+
+void check_postprocess(const PostprocessParams& p) {
+  SAMUNET_CHECK(p.logit_dtype == DType::F16 || p.logit_dtype == DType::F32,
+                "logits: dtype must be float16 or float32, got ", dtype_name(p.logit_dtype));
+  SAMUNET_CHECK(p.out.dtype == DType::U8, "out_volume: dtype must be uint8, got ",
+                dtype_name(p.out.dtype));
+  for (int64_t s = 0; s < p.run.n; ++s) {
+    int32_t h2 = p.resized_hw[2 * s], w2 = p.resized_hw[2 * s + 1];
+    SAMUNET_CHECK(h2 >= 1 && h2 <= kImageSize && w2 >= 1 && w2 <= kImageSize,
+                  "resized_hw[", s, "] = (", h2, ", ", w2, ") must lie in [1, ", kImageSize, "]");
+  }
+}
+
+void scale_boxes_cpu(const float* in, float* out, int64_t n, int64_t H, int64_t W, int32_t h2,
+                     int32_t w2) {
+  SAMUNET_CHECK(H > 0 && W > 0 && h2 > 0 && w2 > 0, "box scaling sizes must be positive");
+  const double fx = (double)w2 / (double)W, fy = (double)h2 / (double)H;
+  for (int64_t i = 0; i < n; ++i) {
+    out[4 * i + 0] = (float)(in[4 * i + 0] * fx);
+    out[4 * i + 1] = (float)(in[4 * i + 1] * fy);
+    out[4 * i + 2] = (float)(in[4 * i + 2] * fx);
+    out[4 * i + 3] = (float)(in[4 * i + 3] * fy);
+  }
+}
+
+namespace {
+
+struct Taps {
+  int ksize = 0;
+  std::vector<int> first, count;
+  std::vector<int32_t> k;
+  Taps(int64_t in, int64_t out) : ksize(resample_ksize(in, out)), first(out), count(out), k(out * ksize) {
+    for (int64_t i = 0; i < out; ++i)
+      resample_taps(in, out, (int)i, ksize, &first[i], &count[i], &k[i * ksize]);
+  }
+};
+
+// Visit a (G, H, W) index space with the loop order given by |strides|, innermost smallest.
+template <typename F>
+void visit3(const int64_t dims[3], const int64_t strides[3], F&& f) {
+  int order[3] = {0, 1, 2};  // outer..inner
+  std::sort(order, order + 3, [&](int a, int b) {
+    int64_t sa = strides[a] < 0 ? -strides[a] : strides[a];
+    int64_t sb = strides[b] < 0 ? -strides[b] : strides[b];
+    return sa > sb;
+  });
+  int64_t i[3];
+  for (i[order[0]] = 0; i[order[0]] < dims[order[0]]; ++i[order[0]])
+    for (i[order[1]] = 0; i[order[1]] < dims[order[1]]; ++i[order[1]])
+      for (i[order[2]] = 0; i[order[2]] < dims[order[2]]; ++i[order[2]]) f(i[0], i[1], i[2]);
+}
+
+// How many slices a worker handles together: enough that the slices of one cache line are read
+// together when the slice axis is the contiguous one.
+int64_t group_size(const SliceRun& r, int itemsize) {
+  int64_t a = r.s_slice < 0 ? -r.s_slice : r.s_slice;
+  int64_t b = std::min(r.s_h < 0 ? -r.s_h : r.s_h, r.s_w < 0 ? -r.s_w : r.s_w);
+  if (a <= b) return std::max<int64_t>(1, std::min<int64_t>(64 / itemsize, 32));
+  return 1;
+}
+
+template <typename T>
+void to_u8_group(const PreprocessParams& p, int64_t g0, int64_t G, uint8_t* u8,
+                 std::vector<double>& offset, std::vector<double>& denom, bool& nonfinite) {
+  const SliceRun& r = p.run;
+  const T* base = static_cast<const T*>(p.volume.data) + (r.z0 + g0) * r.s_slice;
+  const int64_t dims[3] = {G, r.H, r.W};
+  const int64_t strides[3] = {r.s_slice, r.s_h, r.s_w};
+  const int64_t HW = r.H * r.W;
+  if (p.mode == NormMode::SliceMinMax) {
+    std::vector<double> mn(G, std::numeric_limits<double>::infinity());
+    std::vector<double> mx(G, -std::numeric_limits<double>::infinity());
+    bool bad = false;
+    visit3(dims, strides, [&](int64_t s, int64_t h, int64_t w) {
+      double x = (double)base[s * r.s_slice + h * r.s_h + w * r.s_w];
+      if constexpr (std::is_floating_point_v<T>) {
+        if (!std::isfinite(x)) { bad = true; return; }
+      }
+      mn[s] = x < mn[s] ? x : mn[s];
+      mx[s] = x > mx[s] ? x : mx[s];
+    });
+    if (bad) { nonfinite = true; return; }
+    for (int64_t s = 0; s < G; ++s) {
+      double lo = mn[s], hi = mx[s];
+      if (p.has_window) {
+        lo = std::min(std::max(lo, p.lo), p.hi);
+        hi = std::min(std::max(hi, p.lo), p.hi);
+      }
+      offset[s] = lo;
+      denom[s] = hi - lo + 1e-6;
+    }
+  } else {
+    for (int64_t s = 0; s < G; ++s) {
+      offset[s] = p.lo;
+      denom[s] = p.hi - p.lo;
+    }
+  }
+  bool bad = false;
+  visit3(dims, strides, [&](int64_t s, int64_t h, int64_t w) {
+    double x = (double)base[s * r.s_slice + h * r.s_h + w * r.s_w];
+    if constexpr (std::is_floating_point_v<T>) {
+      if (!std::isfinite(x)) bad = true;
+    }
+    u8[s * HW + h * r.W + w] = intensity_u8(x, p.has_window, p.lo, p.hi, offset[s], denom[s]);
+  });
+  if (bad) nonfinite = true;
+}
+
+template <typename OutT>
+void resize_normalize_write(const uint8_t* u8, int64_t H, int64_t W, int h2, int w2,
+                            const Taps& tx, const Taps& ty, std::vector<uint8_t>& tmp,
+                            std::vector<uint8_t>& res, const OutT lut[3][256], OutT* out) {
+  // horizontal pass over the rows the vertical pass uses (Pillow's order)
+  const int y_first = ty.first[0];
+  const int y_last = ty.first[h2 - 1] + ty.count[h2 - 1];
+  const int rows = y_last - y_first;
+  tmp.resize((size_t)rows * w2);
+  for (int y = 0; y < rows; ++y) {
+    const uint8_t* src = u8 + (int64_t)(y + y_first) * W;
+    uint8_t* dst = tmp.data() + (int64_t)y * w2;
+    for (int x = 0; x < w2; ++x) {
+      const int32_t* k = &tx.k[(size_t)x * tx.ksize];
+      const uint8_t* s = src + tx.first[x];
+      int32_t acc = 1 << (kPrecisionBits - 1);
+      for (int t = 0; t < tx.count[x]; ++t) acc += (int32_t)s[t] * k[t];
+      dst[x] = clip8(acc);
+    }
+  }
+  // vertical pass
+  res.resize((size_t)h2 * w2);
+  std::vector<int32_t> acc(w2);
+  for (int y = 0; y < h2; ++y) {
+    const int32_t* k = &ty.k[(size_t)y * ty.ksize];
+    std::fill(acc.begin(), acc.end(), 1 << (kPrecisionBits - 1));
+    for (int t = 0; t < ty.count[y]; ++t) {
+      const uint8_t* src = tmp.data() + (int64_t)(ty.first[y] - y_first + t) * w2;
+      const int32_t kt = k[t];
+      for (int x = 0; x < w2; ++x) acc[x] += (int32_t)src[x] * kt;
+    }
+    uint8_t* dst = res.data() + (int64_t)y * w2;
+    for (int x = 0; x < w2; ++x) dst[x] = clip8(acc[x]);
+  }
+  // normalise + pad
+  for (int c = 0; c < 3; ++c) {
+    OutT* plane = out + (int64_t)c * kImageSize * kImageSize;
+    for (int y = 0; y < kImageSize; ++y) {
+      OutT* row = plane + (int64_t)y * kImageSize;
+      int x = 0;
+      if (y < h2) {
+        const uint8_t* src = res.data() + (int64_t)y * w2;
+        for (; x < w2; ++x) row[x] = lut[c][src[x]];
+      }
+      std::memset(row + x, 0, sizeof(OutT) * (kImageSize - x));
+    }
+  }
+}
+
+template <typename T, typename OutT>
+void preprocess_typed(const PreprocessParams& p) {
+  const SliceRun& r = p.run;
+  if (r.n == 0) return;
+  int32_t h2, w2;
+  resized_shape(r.H, r.W, &h2, &w2);
+  const Taps tx(r.W, w2), ty(r.H, h2);
+  OutT lut[3][256];
+  for (int c = 0; c < 3; ++c)
+    for (int v = 0; v < 256; ++v) {
+      float f = ((float)v - pixel_mean(c)) / pixel_std(c);
+      if constexpr (std::is_same_v<OutT, float>) lut[c][v] = f;
+      else lut[c][v] = float_to_half_bits(f);
+    }
+  const int64_t G = group_size(r, (int)sizeof(T));
+  const int64_t groups = (r.n + G - 1) / G;
+  std::atomic<bool> nonfinite{false};
+  OutT* out = static_cast<OutT*>(p.out);
+#pragma omp parallel
+  {
+    std::vector<uint8_t> u8((size_t)G * r.H * r.W), tmp, res;
+    std::vector<double> offset(G), denom(G);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t g = 0; g < groups; ++g) {
+      if (nonfinite.load()) continue;
+      const int64_t g0 = g * G, gn = std::min(G, r.n - g0);
+      bool bad = false;
+      to_u8_group<T>(p, g0, gn, u8.data(), offset, denom, bad);
+      if (bad) { nonfinite = true; continue; }
+      for (int64_t s = 0; s < gn; ++s)
+        resize_normalize_write<OutT>(u8.data() + s * r.H * r.W, r.H, r.W, h2, w2, tx, ty, tmp,
+                                     res, lut, out + (g0 + s) * 3 * kImageSize * kImageSize);
+    }
+  }
+  SAMUNET_CHECK(!nonfinite.load(), "volume contains NaN or Inf intensities in slices [", r.z0,
+                ", ", r.z0 + r.n, ")");
+}
+
+template <typename T>
+void preprocess_in(const PreprocessParams& p) {
+  if (p.out_dtype == DType::F32) preprocess_typed<T, float>(p);
+  else preprocess_typed<T, uint16_t>(p);
+}
+
+struct Composed {
+  std::vector<int> idx;  // (size, 4)
+  std::vector<float> wt;
+  Composed(int cropped, int64_t out) : idx(out * 4), wt(out * 4) {
+    for (int64_t i = 0; i < out; ++i) composed_taps((int)i, cropped, (int)out, &idx[4 * i], &wt[4 * i]);
+  }
+};
+
+template <typename LT>
+void postprocess_typed(const PostprocessParams& p) {
+  const SliceRun& r = p.run;
+  if (r.n == 0) return;
+  const LT* logits = static_cast<const LT*>(p.logits);
+  uint8_t* base = static_cast<uint8_t*>(p.out.data) + r.z0 * r.s_slice;
+  const int64_t G = group_size(r, 1);
+  const int64_t groups = (r.n + G - 1) / G;
+  const int64_t map = (int64_t)kLogitSize * kLogitSize;
+  const bool slice_inner = (r.s_slice < 0 ? -r.s_slice : r.s_slice) <
+                           (r.s_w < 0 ? -r.s_w : r.s_w);
+#pragma omp parallel
+  {
+    std::vector<float> L(G * map), rowvec(G * kLogitSize);
+    std::vector<Composed> cy, cx;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t g0 = g * G, gn = std::min(G, r.n - g0);
+      cy.clear();
+      cx.clear();
+      for (int64_t s = 0; s < gn; ++s) {
+        const int32_t h2 = p.resized_hw[2 * (g0 + s)], w2 = p.resized_hw[2 * (g0 + s) + 1];
+        cy.emplace_back(h2, r.H);
+        cx.emplace_back(w2, r.W);
+        const LT* src = logits + (g0 + s) * map;
+        for (int64_t i = 0; i < map; ++i) {
+          if constexpr (std::is_same_v<LT, float>) L[s * map + i] = src[i];
+          else L[s * map + i] = half_bits_to_float(src[i]);
+        }
+      }
+      for (int64_t h = 0; h < r.H; ++h) {
+        for (int64_t s = 0; s < gn; ++s) {
+          const int* iy = &cy[s].idx[4 * h];
+          const float* wy = &cy[s].wt[4 * h];
+          const float* Ls = &L[s * map];
+          float* rv = &rowvec[s * kLogitSize];
+          for (int b = 0; b < kLogitSize; ++b)
+            rv[b] = wy[0] * Ls[iy[0] * kLogitSize + b] + wy[1] * Ls[iy[1] * kLogitSize + b] +
+                    wy[2] * Ls[iy[2] * kLogitSize + b] + wy[3] * Ls[iy[3] * kLogitSize + b];
+        }
+        auto value = [&](int64_t s, int64_t w) -> uint8_t {
+          const int* ix = &cx[s].idx[4 * w];
+          const float* wx = &cx[s].wt[4 * w];
+          const float* rv = &rowvec[s * kLogitSize];
+          float v = wx[0] * rv[ix[0]] + wx[1] * rv[ix[1]] + wx[2] * rv[ix[2]] + wx[3] * rv[ix[3]];
+          return v > 0.0f ? 1 : 0;
+        };
+        uint8_t* row = base + h * r.s_h;
+        if (slice_inner) {
+          for (int64_t w = 0; w < r.W; ++w)
+            for (int64_t s = 0; s < gn; ++s) row[(g0 + s) * r.s_slice + w * r.s_w] = value(s, w);
+        } else {
+          for (int64_t s = 0; s < gn; ++s)
+            for (int64_t w = 0; w < r.W; ++w) row[(g0 + s) * r.s_slice + w * r.s_w] = value(s, w);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void preprocess_cpu(const PreprocessParams& p) {
+  check_preprocess(p);
+  switch (p.volume.dtype) {
+    case DType::U8: preprocess_in<uint8_t>(p); break;
+    case DType::I16: preprocess_in<int16_t>(p); break;
+    case DType::U16: preprocess_in<uint16_t>(p); break;
+    case DType::I32: preprocess_in<int32_t>(p); break;
+    case DType::F32: preprocess_in<float>(p); break;
+    case DType::F64: preprocess_in<double>(p); break;
+    default: SAMUNET_CHECK(false, "volume: unsupported dtype");
+  }
+}
+
+void postprocess_cpu(const PostprocessParams& p) {
+  check_postprocess(p);
+  if (p.logit_dtype == DType::F32) postprocess_typed<float>(p);
+  else postprocess_typed<uint16_t>(p);
+}
+
+#ifndef SAMUNET_WITH_CUDA
+bool cuda_compiled() { return false; }
+int cuda_device_count() { return 0; }
+int cuda_pointer_device(const void*) { return -1; }
+int cuda_current_device() { return -1; }
+void cuda_set_device(int) {}
+void preprocess_cuda(const PreprocessParams&, cudaStream_t) {
+  SAMUNET_FAIL("sam_unet._C was built without CUDA: reinstall with nvcc on PATH");
+}
+void postprocess_cuda(const PostprocessParams&, cudaStream_t) {
+  SAMUNET_FAIL("sam_unet._C was built without CUDA: reinstall with nvcc on PATH");
+}
+#endif
+
+}  // namespace sam_unet

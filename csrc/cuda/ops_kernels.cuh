@@ -1,0 +1,185 @@
+// CUDA kernels of the volume ops (no framework types). Launchers: ops_cuda.cu.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "sam_unet/resample.h"
+
+namespace sam_unet::cuda {
+
+// One slice run: element (s, h, w) of the run at base + s*s_slice + h*s_h + w*s_w.
+struct RunGeom {
+  int64_t n, H, W;
+  int64_t s_slice, s_h, s_w;
+};
+
+// Pillow taps of one axis in device memory: first/count (out) and k (out, ksize).
+struct TapTable {
+  int ksize;
+  const int* first;
+  const int* count;
+  const int32_t* k;
+};
+
+// Fill the tap tables of one axis (one thread per output sample).
+__global__ void taps_kernel(int64_t in_size, int64_t out_size, int ksize, int* first, int* count,
+                            int32_t* k) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < out_size) resample_taps(in_size, out_size, i, ksize, &first[i], &count[i], &k[(int64_t)i * ksize]);
+}
+
+template <typename T>
+__device__ __forceinline__ double load_as_double(const T* p) {
+  return (double)__ldg(p);
+}
+
+// Per-slice (offset, denom) for slice-minmax: one block per slice, threads.x along the slice
+// axis with the smaller stride (coalesced when it is contiguous), warp-shuffle reduction.
+template <typename T>
+__global__ void minmax_kernel(const T* __restrict__ base, RunGeom g, bool h_fast, bool has_window,
+                              double lo, double hi, double2* __restrict__ stats) {
+  const int64_t s = blockIdx.x;
+  const T* p = base + s * g.s_slice;
+  const int64_t inner = h_fast ? g.H : g.W, outer = h_fast ? g.W : g.H;
+  const int64_t s_in = h_fast ? g.s_h : g.s_w, s_out = h_fast ? g.s_w : g.s_h;
+  double mn = INFINITY, mx = -INFINITY;
+  for (int64_t o = threadIdx.y; o < outer; o += blockDim.y) {
+    const T* row = p + o * s_out;
+    for (int64_t i = threadIdx.x; i < inner; i += blockDim.x) {
+      const double x = load_as_double(row + i * s_in);
+      mn = fmin(mn, x);
+      mx = fmax(mx, x);
+    }
+  }
+  for (int off = 16; off > 0; off >>= 1) {
+    mn = fmin(mn, __shfl_down_sync(0xffffffffu, mn, off));
+    mx = fmax(mx, __shfl_down_sync(0xffffffffu, mx, off));
+  }
+  __shared__ double smin[32], smax[32];
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+  const int warp = tid / 32, lane = tid % 32, warps = (blockDim.x * blockDim.y + 31) / 32;
+  if (lane == 0) {
+    smin[warp] = mn;
+    smax[warp] = mx;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    for (int w = 1; w < warps; ++w) {
+      mn = fmin(mn, smin[w]);
+      mx = fmax(mx, smax[w]);
+    }
+    if (has_window) {
+      mn = mn < lo ? lo : (mn > hi ? hi : mn);
+      mx = mx < lo ? lo : (mx > hi ? hi : mx);
+    }
+    stats[s] = make_double2(mn, mx - mn + 1e-6);
+  }
+}
+
+template <typename OutT>
+__device__ __forceinline__ OutT to_out(float v);
+template <>
+__device__ __forceinline__ float to_out<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half to_out<__half>(float v) { return __float2half_rn(v); }
+
+// Fused resize + normalise + pad: one thread per output pixel (x fastest, coalesced writes),
+// both Pillow passes computed from the raw input (the horizontal pass rounded to 8 bits per
+// intermediate row sample, exactly as Pillow). stats == nullptr: window mode (lo, hi - lo).
+template <typename T, typename OutT>
+__global__ void preprocess_kernel(const T* __restrict__ base, RunGeom g, int h2, int w2,
+                                  TapTable tx, TapTable ty, const double2* __restrict__ stats,
+                                  bool clip, double lo, double hi, OutT* __restrict__ out) {
+  const int x = blockIdx.x * blockDim.x + threadIdx.x;
+  const int y = blockIdx.y * blockDim.y + threadIdx.y;
+  const int64_t s = blockIdx.z;
+  if (x >= kImageSize || y >= kImageSize) return;
+  OutT* o = out + s * 3 * kImageSize * kImageSize + (int64_t)y * kImageSize + x;
+  constexpr int64_t plane = (int64_t)kImageSize * kImageSize;
+  if (y >= h2 || x >= w2) {
+    o[0] = to_out<OutT>(0.0f);
+    o[plane] = to_out<OutT>(0.0f);
+    o[2 * plane] = to_out<OutT>(0.0f);
+    return;
+  }
+  double offset, denom;
+  if (stats) {
+    const double2 st = stats[s];
+    offset = st.x;
+    denom = st.y;
+  } else {
+    offset = lo;
+    denom = hi - lo;
+  }
+  const T* p = base + s * g.s_slice;
+  const int yf = ty.first[y], yc = ty.count[y];
+  const int xf = tx.first[x], xc = tx.count[x];
+  const int32_t* ky = ty.k + (int64_t)y * ty.ksize;
+  const int32_t* kx = tx.k + (int64_t)x * tx.ksize;
+  int32_t accv = 1 << (kPrecisionBits - 1);
+  for (int t = 0; t < yc; ++t) {
+    const T* row = p + (int64_t)(yf + t) * g.s_h + (int64_t)xf * g.s_w;
+    int32_t acch = 1 << (kPrecisionBits - 1);
+    for (int u = 0; u < xc; ++u) {
+      const uint8_t v = intensity_u8(load_as_double(row + (int64_t)u * g.s_w), clip, lo, hi,
+                                     offset, denom);
+      acch += (int32_t)v * __ldg(kx + u);
+    }
+    accv += (int32_t)clip8(acch) * __ldg(ky + t);
+  }
+  const float v = (float)clip8(accv);
+#pragma unroll
+  for (int c = 0; c < 3; ++c) o[c * plane] = to_out<OutT>((v - pixel_mean(c)) / pixel_std(c));
+}
+
+template <typename LT>
+__device__ __forceinline__ float load_logit(const LT* p);
+template <>
+__device__ __forceinline__ float load_logit<float>(const float* p) { return __ldg(p); }
+template <>
+__device__ __forceinline__ float load_logit<__half>(const __half* p) { return __half2float(*p); }
+
+// Fused 64 -> 256 bilinear, crop, -> (H, W) bilinear, threshold: one thread per output voxel,
+// the linear index decoded with the output's smallest-stride axis fastest (coalesced writes).
+// sizes == nullptr: every slice has (h2, w2).
+template <typename LT>
+__global__ void postprocess_kernel(const LT* __restrict__ logits, uint8_t* __restrict__ base,
+                                   RunGeom g, int f0, int f1, int f2,
+                                   const int32_t* __restrict__ sizes, int h2, int w2) {
+  const int64_t dims[3] = {g.n, g.H, g.W};
+  const int64_t total = g.n * g.H * g.W;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    int64_t c[3];
+    int64_t r = idx;
+    c[f0] = r % dims[f0];
+    r /= dims[f0];
+    c[f1] = r % dims[f1];
+    c[f2] = r / dims[f1];
+    const int64_t s = c[0], h = c[1], w = c[2];
+    int hh = h2, ww = w2;
+    if (sizes) {
+      hh = sizes[2 * s];
+      ww = sizes[2 * s + 1];
+    }
+    int iy[4], ix[4];
+    float wy[4], wx[4];
+    composed_taps((int)h, hh, (int)g.H, iy, wy);
+    composed_taps((int)w, ww, (int)g.W, ix, wx);
+    const LT* L = logits + s * kLogitSize * kLogitSize;
+    float acc = 0.0f;
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const LT* row = L + iy[a] * kLogitSize;
+      const float rv = wx[0] * load_logit(row + ix[0]) + wx[1] * load_logit(row + ix[1]) +
+                       wx[2] * load_logit(row + ix[2]) + wx[3] * load_logit(row + ix[3]);
+      acc += wy[a] * rv;
+    }
+    base[s * g.s_slice + h * g.s_h + w * g.s_w] = acc > 0.0f ? 1 : 0;
+  }
+}
+
+}  // namespace sam_unet::cuda

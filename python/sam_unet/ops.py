@@ -1,0 +1,172 @@
+"""Native (C++ CPU / CUDA) pre/postprocessing ops with the semantics of :mod:`sam_unet.transforms`.
+
+Where the data lives decides where an op runs: NumPy arrays and torch CPU tensors run the C++ CPU
+op (OpenMP), torch CUDA tensors and CuPy arrays run the CUDA op on their device, asynchronously on
+``stream`` (default: the array library's current stream). Inputs are read in place with any
+strides (negative included); outputs are written in place, nothing else is allocated per volume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from sam_unet._native import native
+from sam_unet.transforms import NORMALIZE_MODES, resized_shape
+
+__all__ = ["postprocess", "preprocess", "resized_shape", "scale_boxes"]
+
+ArrayLike = Any  # numpy.ndarray | torch.Tensor | cupy.ndarray
+
+
+def _is_torch(x: object) -> bool:
+    mod = type(x).__module__
+    return mod.startswith("torch")
+
+
+def _is_cuda(x: object) -> bool:
+    return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "is_cuda", False))
+
+
+def _host_view(x: ArrayLike, name: str, *, writable: bool = False) -> ArrayLike:
+    """torch CPU tensors -> NumPy views (no copy); CUDA tensors and NumPy arrays pass through."""
+    if _is_torch(x):
+        if x.is_cuda:
+            return x.detach()
+        if x.requires_grad and writable:
+            raise ValueError(f"{name} requires grad; pass a tensor without autograd history")
+        return x.detach().numpy()
+    return x
+
+
+def _default_stream(*arrays: ArrayLike) -> int:
+    for a in arrays:
+        if _is_torch(a) and a.is_cuda:
+            import torch
+
+            return int(torch.cuda.current_stream(a.device).cuda_stream)
+        if type(a).__module__.startswith("cupy"):
+            import cupy
+
+            return int(cupy.cuda.get_current_stream().ptr)
+    return 0
+
+
+def _check_mode(mode: str, window: Sequence[float] | None) -> tuple[float, float] | None:
+    if mode not in NORMALIZE_MODES:
+        raise ValueError(f"mode must be one of {NORMALIZE_MODES}, got {mode!r}")
+    if window is None:
+        if mode == "window":
+            raise ValueError("mode 'window' requires window=(lo, hi)")
+        return None
+    if len(window) != 2:
+        raise ValueError(f"window must be (lo, hi), got {window!r}")
+    lo, hi = float(window[0]), float(window[1])
+    if not lo < hi:
+        raise ValueError(f"window must have lo < hi, got lo={lo} hi={hi}")
+    return lo, hi
+
+
+def preprocess(
+    volume: ArrayLike,
+    out: ArrayLike,
+    *,
+    z0: int,
+    n: int,
+    axis: int = -1,
+    mode: str = "slice-minmax",
+    window: Sequence[float] | None = None,
+    stream: int | None = None,
+) -> np.ndarray:
+    """Preprocess slices ``[z0, z0 + n)`` along ``axis`` of a (X, Y, Z) volume into ``out``.
+
+    Args:
+        volume: uint8, int16, uint16, int32, float32 or float64 volume (NumPy, torch, CuPy), any
+            strides; read in place.
+        out: (n, 3, 256, 256) float16/float32 C-contiguous buffer on the volume's device.
+        z0, n: the run of slices.
+        axis: slicing axis (negative allowed); see "Slice geometry" in docs/internal-api.md.
+        mode: ``"slice-minmax"`` or ``"window"`` (which needs ``window``).
+        window: optional (lo, hi) clip applied first.
+        stream: CUDA stream handle (int) for device arrays; default the current stream of the
+            array's library (0 for the legacy default stream).
+
+    Returns:
+        int32 (n, 2) array of each slice's resized (h', w').
+
+    Raises:
+        ValueError: bad shapes, dtypes, ranges, window, or NaN/Inf intensities (CPU only).
+        RuntimeError: a CUDA array without a CUDA build or a visible device.
+    """
+    win = _check_mode(mode, window)
+    vol = _host_view(volume, "volume")
+    dst = _host_view(out, "out", writable=True)
+    if stream is None:
+        stream = _default_stream(vol, dst)
+    return native().preprocess(vol, dst, int(z0), int(n), int(axis), mode, win, int(stream))
+
+
+def postprocess(
+    logits: ArrayLike,
+    out_volume: ArrayLike,
+    *,
+    z0: int,
+    n: int,
+    axis: int = -1,
+    resized_hw: Sequence[int] | np.ndarray,
+    stream: int | None = None,
+) -> None:
+    """Write the uint8 {0, 1} masks of ``logits`` into ``out_volume`` at slices ``[z0, z0+n)``.
+
+    Args:
+        logits: (n, 1, 64, 64) float16/float32 logits (C-contiguous; NumPy, torch or CuPy).
+        out_volume: uint8 (X, Y, Z) volume on the logits' device, any strides; written in place.
+        z0, n, axis: the run of slices, as in :func:`preprocess`.
+        resized_hw: (h', w') of every slice, or an (n, 2) array of per-slice sizes.
+        stream: CUDA stream handle for device arrays (default: the library's current stream).
+    """
+    lg = _host_view(logits, "logits")
+    dst = _host_view(out_volume, "out_volume", writable=True)
+    if isinstance(lg, np.ndarray) and not lg.flags.c_contiguous:
+        lg = np.ascontiguousarray(lg)
+    elif _is_torch(lg) and not lg.is_contiguous():
+        lg = lg.contiguous()
+    hw = np.asarray(
+        resized_hw.cpu().numpy() if _is_torch(resized_hw) else resized_hw, dtype=np.int32
+    )
+    if stream is None:
+        stream = _default_stream(lg, dst)
+    native().postprocess(lg, dst, int(z0), int(n), int(axis), hw, int(stream))
+
+
+def scale_boxes(
+    boxes: ArrayLike, original_hw: Sequence[int], resized_hw: Sequence[int]
+) -> ArrayLike:
+    """Scale (N, 4) boxes (x0, y0, x1, y1) by (w'/W, h'/H); float32, same library/device."""
+    h, w = int(original_hw[0]), int(original_hw[1])
+    h2, w2 = int(resized_hw[0]), int(resized_hw[1])
+    if min(h, w, h2, w2) <= 0:
+        raise ValueError(f"sizes must be positive, got original {(h, w)} resized {(h2, w2)}")
+    if _is_cuda(boxes):  # device arrays: elementwise in their own library, no host round trip
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be (N, 4), got shape {tuple(boxes.shape)}")
+        fx, fy = w2 / w, h2 / h
+        if _is_torch(boxes):
+            import torch
+
+            factor = torch.tensor([fx, fy, fx, fy], dtype=torch.float64, device=boxes.device)
+            return (boxes.double() * factor).float()
+        import cupy
+
+        factor = cupy.asarray([fx, fy, fx, fy], dtype=cupy.float64)
+        return (boxes.astype(cupy.float64) * factor).astype(cupy.float32)
+    if _is_torch(boxes):
+        import torch
+
+        return torch.from_numpy(native().scale_boxes(boxes.detach().numpy(), h, w, h2, w2))
+    b = np.asarray(boxes)
+    if b.ndim != 2 or b.shape[-1] != 4:
+        raise ValueError(f"boxes must be (N, 4), got shape {b.shape}")
+    return native().scale_boxes(b, h, w, h2, w2)
