@@ -7,6 +7,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, hd) -> (B, N, heads * hd).
+
+    Under torch.export the transposed attention output is copied explicitly: SDPA's fake strides
+    can make ``contiguous()`` a no-op that later decomposes into an invalid ``view``.
+    """
+    b, n, t, c = x.shape
+    x = x.transpose(1, 2)
+    if torch.compiler.is_compiling():
+        x = x.clone(memory_format=torch.contiguous_format)
+    return x.reshape(b, t, n * c)
+
+
 def relative_index(size: int) -> torch.Tensor:
     """Index into a (2 * size - 1, C) relative-position table: (size, size) int64.
 
@@ -97,7 +110,7 @@ class RelPosAttention(nn.Module):
             attn = (q * self.scale) @ k.transpose(-2, -1) + bias
             attn = attn.softmax(dim=-1)
             out = attn @ v
-        return out.transpose(1, 2).reshape(b, h, w, self.dim)
+        return merge_heads(out).reshape(b, h, w, self.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, dim) -> (B, H, W, dim)."""

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import merge_heads
+
 
 class DecoderAttention(nn.Module):
     """Multi-head attention with separate q/k/v projections to ``dim // downsample_rate``.
@@ -43,6 +45,5 @@ class DecoderAttention(nn.Module):
         else:
             attn = (q @ k.transpose(-2, -1)) * scale
             out = attn.softmax(dim=-1) @ v
-        b, h, n, c = out.shape
-        out = out.transpose(1, 2).reshape(b, n, h * c)
+        out = merge_heads(out)
         return self.out_proj(out)
