@@ -25,16 +25,19 @@ class PositionEmbeddingRandom(nn.Module):
         )
 
     def _pe_encoding(self, coords: torch.Tensor) -> torch.Tensor:
-        coords = 2 * coords - 1
-        coords = coords @ self.positional_encoding_gaussian_matrix.to(coords.dtype)
+        """Computed in float32 (sin/cos of arguments of tens of radians need it), returned in
+        the dtype of the frequency matrix (the model's dtype)."""
+        matrix = self.positional_encoding_gaussian_matrix
+        coords = 2 * coords.float() - 1
+        coords = coords @ matrix.float()
         coords = 2 * math.pi * coords
-        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1).to(matrix.dtype)
 
     def forward(self, size: tuple[int, int]) -> torch.Tensor:
         """Dense encoding of an (h, w) grid of cell centres: (2 * num_pos_feats, h, w)."""
         h, w = size
         m = self.positional_encoding_gaussian_matrix
-        grid = torch.ones((h, w), device=m.device, dtype=m.dtype)
+        grid = torch.ones((h, w), device=m.device, dtype=torch.float32)
         y_embed = (grid.cumsum(dim=0) - 0.5) / h
         x_embed = (grid.cumsum(dim=1) - 0.5) / w
         pe = self._pe_encoding(torch.stack([x_embed, y_embed], dim=-1))

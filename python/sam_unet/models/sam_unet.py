@@ -172,8 +172,7 @@ class SamUNet(nn.Module):
                     f"{boxes.shape[0]} boxes for {image_embedding.shape[0]} images: "
                     "pass image_index to say which image each box belongs to"
                 )
-        pe = self.prompt_encoder.sam_prompt_encoder
-        boxes = boxes.to(pe.pe_layer.positional_encoding_gaussian_matrix.dtype)
+        boxes = boxes.float()  # box coordinates are encoded in float32
         sparse, dense = self.prompt_encoder(boxes)
         return self.mask_decoder(
             image_embedding, self.prompt_encoder.get_dense_pe(), sparse, dense, multiscale
