@@ -84,8 +84,37 @@ def test_fast_path_matches_padded_reference(tiny):
         assert rel_err(fast, padded) < 1e-5
     for fast, ref in ((emb_f, emb_r), (ms_f, ms_r), (out_f, out_r)):
         assert rel_err(fast, ref) < 1e-5
-    # the plain path really pads: every windowed block sees a 28x28 grid
     assert build_model("tiny", fast=False).fast is False
+
+
+def test_fast_path_projects_real_tokens_only(tiny):
+    """Fast: qkv and proj see the 16x16 real tokens; plain: the 28x28 padded grid."""
+    model, _, images = tiny
+    blk = model.image_encoder.sam_img_encoder.blocks[0]
+    assert blk.window_size == 14
+    seen: dict[str, int] = {}
+
+    def hook(name):
+        def record(_module, args, _out):
+            seen[name] = args[0].numel() // args[0].shape[-1]
+
+        return record
+
+    handles = [
+        blk.attn.qkv.register_forward_hook(hook("qkv")),
+        blk.attn.proj.register_forward_hook(hook("proj")),
+    ]
+    try:
+        with torch.no_grad():
+            model.encode(images[:1])
+            assert seen == {"qkv": 256, "proj": 256}
+            model.set_fast(False)
+            model.encode(images[:1])
+            assert seen == {"qkv": 28 * 28, "proj": 28 * 28}
+    finally:
+        model.set_fast(True)
+        for h in handles:
+            h.remove()
 
 
 def test_tiny_parity_with_reference(tiny):

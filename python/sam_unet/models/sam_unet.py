@@ -37,7 +37,9 @@ class SamUNet(nn.Module):
     (:class:`SamUNetConfig`). The state dict is the published layout.
     """
 
-    def __init__(self, *, config: SamUNetConfig, variant: str = "custom", fast: bool = True):
+    def __init__(
+        self, *, config: SamUNetConfig, variant: str = "custom", fast: bool = True
+    ) -> None:
         super().__init__()
         self.config = config
         self.variant = variant
