@@ -1,0 +1,93 @@
+"""``sam-unet train``: train SAM-UNet in one process or under torchrun (DDP).
+
+Examples::
+
+    sam-unet train --data data/mni --variant tiny --prompt full --epochs 10 -o runs/mni
+    torchrun --nproc_per_node 2 -m sam_unet.cli train --data data/ct -o runs/ct \\
+        --variant res34 --sam-checkpoint sam_vit_b_01ec64.pth --resnet-checkpoint resnet34.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", nargs="+", required=True,
+                        help="dataset folder(s) holding train/ (and test/ for validation)")
+    parser.add_argument("--val", nargs="*", help="validation dataset folder(s) (default: the "
+                        "test/ split of --data)")
+    parser.add_argument("-o", "--out", required=True, help="run folder (checkpoints, logs)")
+    parser.add_argument("--variant", default="res34", help="res34 | res50 | tiny (default res34)")
+    parser.add_argument("--sam-checkpoint", help="original SAM ViT-B checkpoint (initial weights)")
+    parser.add_argument("--resnet-checkpoint", help="torchvision ResNet weights for the branch")
+    parser.add_argument("--init-checkpoint", help="start from a SAM-UNet checkpoint")
+    fz = parser.add_mutually_exclusive_group()
+    fz.add_argument("--freeze-encoder", dest="freeze_encoder", action="store_true", default=None,
+                    help="freeze the SAM image encoder (default unless tiny without SAM weights)")
+    fz.add_argument("--train-encoder", dest="freeze_encoder", action="store_false",
+                    help="train the SAM image encoder too")
+    parser.add_argument("--prompt", choices=("box", "full"), default="box",
+                        help="box: largest-component boxes; full: the whole slice (no prompts)")
+    parser.add_argument("--masks-per-image", type=int, default=5, help="published 5")
+    parser.add_argument("--no-jitter", dest="jitter", action="store_false",
+                        help="no box jitter in training")
+    parser.add_argument("--augment", default="",
+                        help="comma-separated: hflip, vflip, intensity (default none)")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per process")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--milestones", default="5,10", help="MultiStepLR epochs (5,10)")
+    parser.add_argument("--gamma", type=float, default=0.5)
+    parser.add_argument("--focal-weight", type=float, default=1.0)
+    parser.add_argument("--dice-weight", type=float, default=20.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                        help="mixed precision on GPU")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per process")
+    parser.add_argument("--resume", nargs="?", const="auto",
+                        help="continue from a last.pt (default: OUT/last.pt)")
+    parser.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
+    parser.add_argument("--val-max-images", type=int)
+    parser.add_argument("--val-metric", choices=("mean", "volume"), default="mean",
+                        help="best.pt by mean per-mask Dice or by mean 3D Dice per volume")
+    parser.add_argument("--no-sync-bn", dest="sync_bn", action="store_false")
+    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    parser.add_argument("--write-state-hash", action="store_true",
+                        help="each rank writes OUT/state_rank<R>.sha256 of its final weights")
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def config_from_args(args: argparse.Namespace):
+    from sam_unet.train.trainer import TrainConfig
+
+    milestones = tuple(int(m) for m in args.milestones.split(",") if m.strip())
+    return TrainConfig(
+        data=list(args.data), out=args.out, val=args.val, variant=args.variant,
+        sam_checkpoint=args.sam_checkpoint, resnet_checkpoint=args.resnet_checkpoint,
+        init_checkpoint=args.init_checkpoint, freeze_encoder=args.freeze_encoder,
+        prompt=args.prompt, masks_per_image=args.masks_per_image, jitter=args.jitter,
+        augment=args.augment, batch_size=args.batch_size, epochs=args.epochs,
+        max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay,
+        milestones=milestones, gamma=args.gamma, focal_weight=args.focal_weight,
+        dice_weight=args.dice_weight, seed=args.seed, num_workers=args.workers,
+        device=args.device, amp=args.amp, threads=args.threads, resume=args.resume,
+        val_every=args.val_every, val_max_images=args.val_max_images,
+        val_metric=args.val_metric, sync_bn=args.sync_bn,
+        quiet=args.quiet, tensorboard=args.tensorboard, write_state_hash=args.write_state_hash,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from sam_unet.train.trainer import train
+
+    summary = train(config_from_args(args))
+    if not args.quiet and summary.get("val") is not None:
+        print(json.dumps({k: summary[k] for k in ("step", "epoch", "best_dice", "last_loss")}))
+    return 0

@@ -1,0 +1,109 @@
+"""Training: losses, a few real steps on MNI152 slices (loss falls), exact --resume."""
+
+from __future__ import annotations
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from sam_unet import checkpoints, cli
+from sam_unet.data import mni152
+from sam_unet.train.losses import SegLoss, dice_loss, focal_loss, valid_region
+
+
+@pytest.fixture(scope="module")
+def mni_small(tmp_path_factory):
+    """12 axial MNI152 slices with white matter > 0.5: 9 train, 3 held out."""
+    root = tmp_path_factory.mktemp("mni_small")
+    t1, wm = mni152.paths()
+    for src, name in ((t1, "t1"), (wm, "wm")):
+        img = nib.load(src)
+        data = np.asarray(img.dataobj)[:, :, 80:92]
+        nib.save(nib.Nifti1Image(data, img.affine), root / f"{name}.nii.gz")
+    out = root / "data"
+    assert cli.main(["prepare", "--image", str(root / "t1.nii.gz"), "--label",
+                     str(root / "wm.nii.gz"), "--label-threshold", "127.5",
+                     "--test-slices", "every:4", "-o", str(out), "--quiet"]) == 0
+    return out
+
+
+def _train_args(data, out, *extra):
+    return ["train", "--data", str(data), "-o", str(out), "--variant", "tiny", "--threads", "1",
+            "--batch-size", "2", "--masks-per-image", "2", "--val-max-images", "1",
+            "--no-tensorboard", "--quiet", *extra]
+
+
+def _losses(run):
+    with open(run / "train_log.csv") as fh:
+        return [float(r["loss"]) for r in csv.DictReader(fh)]
+
+
+def test_losses():
+    hw = torch.tensor([[200, 256]])
+    valid = valid_region(hw)
+    assert valid.shape == (1, 1, 256, 256) and valid.sum() == 200 * 256
+    target = torch.zeros(1, 1, 256, 256)
+    target[..., 50:100, 50:100] = 1
+    logits = torch.where(target > 0, 20.0, -20.0)
+    assert dice_loss(logits, target, valid) < 1e-3
+    assert focal_loss(logits, target, valid) < 1e-6
+    # one pixel, logit 0: focal = alpha_t * log(2) * 0.5 ** gamma
+    one = torch.zeros(1, 1, 1, 1)
+    f = focal_loss(one, torch.ones_like(one), torch.ones_like(one))
+    assert torch.isclose(f, torch.tensor(0.25 * np.log(2) * 0.25, dtype=torch.float32))
+    # the padded region (rows >= 200) is ignored
+    crit = SegLoss()
+    small = torch.randn(2, 1, 64, 64)
+    masks = (torch.rand(2, 256, 256) > 0.5).float()
+    masks[:, 200:] = 0
+    base, _ = crit(small, masks, hw.repeat(2, 1))
+    changed = small.clone()
+    changed[..., 52:, :] = 50.0  # logits wholly inside the padding after upsampling
+    masks2 = masks.clone()
+    masks2[:, 210:] = 1
+    other, _ = crit(changed, masks2, hw.repeat(2, 1))
+    assert torch.allclose(base, other)
+
+
+def test_tiny_trains_and_loss_falls(mni_small, tmp_path):
+    run = tmp_path / "run"
+    assert cli.main(_train_args(mni_small, run, "--max-steps", "8", "--lr", "1e-3")) == 0
+    losses = _losses(run)
+    assert len(losses) == 8
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["train_state"]["step"] == 8 and ckpt["variant"] == "tiny"
+    model = checkpoints.load_model(run / "best.pt")
+    assert model.variant == "tiny"
+    assert (run / "val_log.csv").exists() and (run / "summary.json").exists()
+
+
+def test_resume_is_bitwise_exact(mni_small, tmp_path):
+    # 9 training images, batch 2: 5 steps per epoch; stop at 3 (mid-epoch) and resume to 7,
+    # crossing an epoch boundary and the LR milestone at epoch 1.
+    common = ("--epochs", "2", "--milestones", "1", "--augment", "hflip,intensity", "--lr",
+              "5e-4", "--seed", "7")
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert cli.main(_train_args(mni_small, full, *common, "--max-steps", "7")) == 0
+    assert cli.main(_train_args(mni_small, part, *common, "--max-steps", "3")) == 0
+    mid = torch.load(part / "last.pt", map_location="cpu", weights_only=True)
+    assert mid["train_state"]["step"] == 3 and mid["train_state"]["epoch"] == 0
+    assert cli.main(_train_args(mni_small, part, *common, "--max-steps", "7",
+                                "--resume")) == 0
+    a = torch.load(full / "last.pt", map_location="cpu", weights_only=True)
+    b = torch.load(part / "last.pt", map_location="cpu", weights_only=True)
+    assert a["train_state"]["step"] == b["train_state"]["step"] == 7
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert _losses(full) == _losses(part)
+    lr = [g["lr"] for g in b["train_state"]["optimizer"]["param_groups"]]
+    assert lr == [2.5e-4]
+
+
+def test_resume_errors(mni_small, tmp_path, capsys):
+    rc = cli.main(_train_args(mni_small, tmp_path / "r", "--resume", str(tmp_path / "no.pt")))
+    assert rc == 1 and "no.pt" in capsys.readouterr().err
