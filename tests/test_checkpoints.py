@@ -19,7 +19,7 @@ from sam_unet.checkpoints import (
     load_sam_checkpoint,
     save_checkpoint,
 )
-from sam_unet.models import build_model
+from sam_unet.models import VARIANTS, build_model, variant_config
 
 ENC = "image_encoder.sam_img_encoder."
 
@@ -126,8 +126,12 @@ def test_save_and_load_model_roundtrip(tmp_path):
     bare = tmp_path / "bare.pth"
     torch.save(model.state_dict(), bare)
     assert load_model(bare).variant == "tiny"  # inferred from the shapes
-    with pytest.raises(CheckpointError, match="'res34'"):
-        load_model(bare, variant="res34")
+    VARIANTS["tiny_narrow"] = variant_config("tiny", vit_dim=48, vit_heads=2)
+    try:
+        with pytest.raises(CheckpointError, match="'tiny_narrow'"):
+            load_model(bare, variant="tiny_narrow")
+    finally:
+        del VARIANTS["tiny_narrow"]
     with pytest.raises(ValueError, match="reserved"):
         save_checkpoint(model, tmp_path / "x.pt", variant="res50")
 
