@@ -118,6 +118,8 @@ def test_errors_name_the_problem() -> None:
     bad[1, 1, 1] = np.nan
     with pytest.raises(ValueError, match="NaN or Inf"):
         ops.preprocess(bad, out, z0=0, n=2)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        ops.preprocess(bad, out, z0=0, n=2, mode="window", window=(0, 1))
     ro = np.zeros((2, 3, 256, 256), np.float32)
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="writable"):

@@ -123,21 +123,6 @@ struct Taps {
   }
 };
 
-// Visit a (G, H, W) index space with the loop order given by |strides|, innermost smallest.
-template <typename F>
-void visit3(const int64_t dims[3], const int64_t strides[3], F&& f) {
-  int order[3] = {0, 1, 2};  // outer..inner
-  std::sort(order, order + 3, [&](int a, int b) {
-    int64_t sa = strides[a] < 0 ? -strides[a] : strides[a];
-    int64_t sb = strides[b] < 0 ? -strides[b] : strides[b];
-    return sa > sb;
-  });
-  int64_t i[3];
-  for (i[order[0]] = 0; i[order[0]] < dims[order[0]]; ++i[order[0]])
-    for (i[order[1]] = 0; i[order[1]] < dims[order[1]]; ++i[order[1]])
-      for (i[order[2]] = 0; i[order[2]] < dims[order[2]]; ++i[order[2]]) f(i[0], i[1], i[2]);
-}
-
 // How many slices a worker handles together: enough that the slices of one cache line are read
 // together when the slice axis is the contiguous one.
 int64_t group_size(const SliceRun& r, int itemsize) {
@@ -147,28 +132,99 @@ int64_t group_size(const SliceRun& r, int itemsize) {
   return 1;
 }
 
+// Sweep the (G, H, W) elements of a group in memory order: calls
+// line(s, h, w, inner, len, stride) for each line along the axis of smallest |stride|
+// (inner: 0 slice, 1 row, 2 column), the caller looping over the line itself.
+template <typename LineFn>
+void sweep_lines(const SliceRun& r, int64_t G, LineFn&& line) {
+  const int64_t st[3] = {r.s_slice, r.s_h, r.s_w};
+  const int64_t dim[3] = {G, r.H, r.W};
+  auto mag = [&](int a) { return dim[a] > 1 ? (st[a] < 0 ? -st[a] : st[a]) : INT64_MAX; };
+  int inner = 2;
+  if (mag(1) < mag(inner)) inner = 1;
+  if (mag(0) < mag(inner)) inner = 0;
+  int o0 = inner == 0 ? 1 : 0, o1 = inner == 2 ? 1 : 2;
+  if (mag(o0) < mag(o1)) std::swap(o0, o1);  // o0 the outer (larger stride)
+  int64_t idx[3] = {0, 0, 0};
+  for (idx[o0] = 0; idx[o0] < dim[o0]; ++idx[o0])
+    for (idx[o1] = 0; idx[o1] < dim[o1]; ++idx[o1])
+      line(idx[0], idx[1], idx[2], inner, dim[inner], st[inner]);
+}
+
 template <typename T>
 void to_u8_group(const PreprocessParams& p, int64_t g0, int64_t G, uint8_t* u8,
-                 std::vector<double>& offset, std::vector<double>& denom, bool& nonfinite) {
+                 std::vector<double>& offset, std::vector<double>& denom,
+                 std::vector<uint8_t>& lut, bool& nonfinite) {
   const SliceRun& r = p.run;
   const T* base = static_cast<const T*>(p.volume.data) + (r.z0 + g0) * r.s_slice;
-  const int64_t dims[3] = {G, r.H, r.W};
-  const int64_t strides[3] = {r.s_slice, r.s_h, r.s_w};
   const int64_t HW = r.H * r.W;
-  if (p.mode == NormMode::SliceMinMax) {
-    std::vector<double> mn(G, std::numeric_limits<double>::infinity());
-    std::vector<double> mx(G, -std::numeric_limits<double>::infinity());
+  const int64_t dstep[3] = {HW, r.W, 1};
+  constexpr bool is_int = std::is_integral_v<T>;
+  std::vector<double> mn(G, std::numeric_limits<double>::infinity());
+  std::vector<double> mx(G, -std::numeric_limits<double>::infinity());
+  auto src_at = [&](int64_t s, int64_t h, int64_t w) {
+    return base + s * r.s_slice + h * r.s_h + w * r.s_w;
+  };
+  // slice axis contiguous: tiles of (row, 64 columns) read for all slices of the group while
+  // the tile's cache lines are hot, writing each slice's row segment contiguously
+  const int64_t a_s = r.s_slice < 0 ? -r.s_slice : r.s_slice;
+  const bool slice_inner = G > 1 && a_s < std::min(r.s_h < 0 ? -r.s_h : r.s_h,
+                                                    r.s_w < 0 ? -r.s_w : r.s_w);
+  constexpr int64_t kTile = 64;
+  {  // min/max: slice-minmax offsets, integer lookup-table ranges, NaN/Inf detection
     bool bad = false;
-    visit3(dims, strides, [&](int64_t s, int64_t h, int64_t w) {
-      double x = (double)base[s * r.s_slice + h * r.s_h + w * r.s_w];
-      if constexpr (std::is_floating_point_v<T>) {
-        if (!std::isfinite(x)) { bad = true; return; }
-      }
-      mn[s] = x < mn[s] ? x : mn[s];
-      mx[s] = x > mx[s] ? x : mx[s];
-    });
-    if (bad) { nonfinite = true; return; }
-    for (int64_t s = 0; s < G; ++s) {
+    if (slice_inner) {
+      for (int64_t h = 0; h < r.H; ++h)
+        for (int64_t w0 = 0; w0 < r.W; w0 += kTile) {
+          const int64_t w1 = std::min(r.W, w0 + kTile);
+          for (int64_t s = 0; s < G; ++s) {
+            const T* src = src_at(s, h, 0);
+            T lo = src[w0 * r.s_w], hi = lo;
+            bool nan = false;
+            for (int64_t w = w0; w < w1; ++w) {
+              const T v = src[w * r.s_w];
+              if constexpr (!is_int) nan |= !(v == v);
+              lo = v < lo ? v : lo;
+              hi = v > hi ? v : hi;
+            }
+            if constexpr (!is_int) bad |= nan || !std::isfinite((double)lo) || !std::isfinite((double)hi);
+            mn[s] = std::min(mn[s], (double)lo);
+            mx[s] = std::max(mx[s], (double)hi);
+          }
+        }
+    } else {
+      sweep_lines(r, G, [&](int64_t s, int64_t h, int64_t w, int inner, int64_t len,
+                            int64_t st) {
+        const T* src = src_at(s, h, w);
+        if (inner == 0) {  // a degenerate layout: one element per slice
+          for (int64_t k = 0; k < len; ++k) {
+            const double x = (double)src[k * st];
+            if constexpr (!is_int) bad |= !std::isfinite(x);
+            mn[s + k] = std::min(mn[s + k], x);
+            mx[s + k] = std::max(mx[s + k], x);
+          }
+          return;
+        }
+        T lo = src[0], hi = src[0];
+        bool nan = false;
+        for (int64_t k = 0; k < len; ++k) {
+          const T v = src[k * st];
+          if constexpr (!is_int) nan |= !(v == v);
+          lo = v < lo ? v : lo;
+          hi = v > hi ? v : hi;
+        }
+        if constexpr (!is_int) bad |= nan || !std::isfinite((double)lo) || !std::isfinite((double)hi);
+        mn[s] = std::min(mn[s], (double)lo);
+        mx[s] = std::max(mx[s], (double)hi);
+      });
+    }
+    if (bad) {
+      nonfinite = true;
+      return;
+    }
+  }
+  for (int64_t s = 0; s < G; ++s) {
+    if (p.mode == NormMode::SliceMinMax) {
       double lo = mn[s], hi = mx[s];
       if (p.has_window) {
         lo = std::min(std::max(lo, p.lo), p.hi);
@@ -176,22 +232,74 @@ void to_u8_group(const PreprocessParams& p, int64_t g0, int64_t G, uint8_t* u8,
       }
       offset[s] = lo;
       denom[s] = hi - lo + 1e-6;
-    }
-  } else {
-    for (int64_t s = 0; s < G; ++s) {
+    } else {
       offset[s] = p.lo;
       denom[s] = p.hi - p.lo;
     }
   }
-  bool bad = false;
-  visit3(dims, strides, [&](int64_t s, int64_t h, int64_t w) {
-    double x = (double)base[s * r.s_slice + h * r.s_h + w * r.s_w];
-    if constexpr (std::is_floating_point_v<T>) {
-      if (!std::isfinite(x)) bad = true;
+  // Integer slices with fewer distinct values than pixels: one exact float64 conversion per
+  // value through a lookup table instead of one per pixel.
+  std::vector<const uint8_t*> table(G, nullptr);
+  if constexpr (is_int) {
+    std::vector<int64_t> at(G, -1);
+    size_t total = 0;
+    for (int64_t s = 0; s < G; ++s) {
+      if ((mx[s] - mn[s] + 1.0) * 2.0 <= (double)HW) {
+        at[s] = (int64_t)total;
+        total += (size_t)(mx[s] - mn[s]) + 1;
+      }
     }
-    u8[s * HW + h * r.W + w] = intensity_u8(x, p.has_window, p.lo, p.hi, offset[s], denom[s]);
-  });
-  if (bad) nonfinite = true;
+    lut.resize(total);
+    for (int64_t s = 0; s < G; ++s) {
+      if (at[s] < 0) continue;
+      const int64_t vmin = (int64_t)mn[s], count = (int64_t)(mx[s] - mn[s]) + 1;
+      uint8_t* L = lut.data() + at[s];
+      for (int64_t i = 0; i < count; ++i)
+        L[i] = intensity_u8((double)(vmin + i), p.has_window, p.lo, p.hi, offset[s], denom[s]);
+      table[s] = L - vmin;
+    }
+  }
+  auto convert_run = [&](int64_t s, const T* src, int64_t st, uint8_t* dst, int64_t ds,
+                         int64_t len) {
+    if (is_int && table[s]) {
+      const uint8_t* L = table[s];
+      for (int64_t k = 0; k < len; ++k) dst[k * ds] = L[(int64_t)src[k * st]];
+    } else {
+      const double off = offset[s], den = denom[s];
+      for (int64_t k = 0; k < len; ++k)
+        dst[k * ds] = intensity_u8((double)src[k * st], p.has_window, p.lo, p.hi, off, den);
+    }
+  };
+  if (slice_inner) {
+    for (int64_t h = 0; h < r.H; ++h)
+      for (int64_t w0 = 0; w0 < r.W; w0 += kTile) {
+        const int64_t len = std::min(r.W, w0 + kTile) - w0;
+        for (int64_t s = 0; s < G; ++s)
+          convert_run(s, src_at(s, h, w0), r.s_w, u8 + s * HW + h * r.W + w0, 1, len);
+      }
+  } else {
+    sweep_lines(r, G, [&](int64_t s, int64_t h, int64_t w, int inner, int64_t len, int64_t st) {
+      if (inner == 0) {  // a degenerate layout: one element per slice
+        for (int64_t k = 0; k < len; ++k)
+          convert_run(s + k, src_at(s + k, h, w), 1, u8 + (s + k) * HW + h * r.W + w, 1, 1);
+      } else {
+        convert_run(s, src_at(s, h, w), st, u8 + s * HW + h * r.W + w, dstep[inner], len);
+      }
+    });
+  }
+}
+
+// One horizontal Pillow pass over a row with K taps per sample (reads up to K - 1 bytes past a
+// sample's last tap: the caller's buffer has that slack, and those taps' coefficients are 0).
+template <int K>
+void hpass_fixed(const uint8_t* src, uint8_t* dst, int w2, const Taps& tx) {
+  for (int x = 0; x < w2; ++x) {
+    const int32_t* k = &tx.k[(size_t)x * K];
+    const uint8_t* s = src + tx.first[x];
+    int32_t acc = 1 << (kPrecisionBits - 1);
+    for (int t = 0; t < K; ++t) acc += (int32_t)s[t] * k[t];
+    dst[x] = clip8(acc);
+  }
 }
 
 template <typename OutT>
@@ -206,12 +314,20 @@ void resize_normalize_write(const uint8_t* u8, int64_t H, int64_t W, int h2, int
   for (int y = 0; y < rows; ++y) {
     const uint8_t* src = u8 + (int64_t)(y + y_first) * W;
     uint8_t* dst = tmp.data() + (int64_t)y * w2;
-    for (int x = 0; x < w2; ++x) {
-      const int32_t* k = &tx.k[(size_t)x * tx.ksize];
-      const uint8_t* s = src + tx.first[x];
-      int32_t acc = 1 << (kPrecisionBits - 1);
-      for (int t = 0; t < tx.count[x]; ++t) acc += (int32_t)s[t] * k[t];
-      dst[x] = clip8(acc);
+    switch (tx.ksize) {  // fixed tap counts unroll; taps past a sample's count are zero
+      case 3: hpass_fixed<3>(src, dst, w2, tx); break;
+      case 5: hpass_fixed<5>(src, dst, w2, tx); break;
+      case 7: hpass_fixed<7>(src, dst, w2, tx); break;
+      case 9: hpass_fixed<9>(src, dst, w2, tx); break;
+      case 11: hpass_fixed<11>(src, dst, w2, tx); break;
+      default:
+        for (int x = 0; x < w2; ++x) {
+          const int32_t* k = &tx.k[(size_t)x * tx.ksize];
+          const uint8_t* s = src + tx.first[x];
+          int32_t acc = 1 << (kPrecisionBits - 1);
+          for (int t = 0; t < tx.count[x]; ++t) acc += (int32_t)s[t] * k[t];
+          dst[x] = clip8(acc);
+        }
     }
   }
   // vertical pass
@@ -263,14 +379,14 @@ void preprocess_typed(const PreprocessParams& p) {
   OutT* out = static_cast<OutT*>(p.out);
 #pragma omp parallel
   {
-    std::vector<uint8_t> u8((size_t)G * r.H * r.W), tmp, res;
+    std::vector<uint8_t> u8((size_t)G * r.H * r.W + kMaxTaps), tmp, res, vlut;
     std::vector<double> offset(G), denom(G);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t g = 0; g < groups; ++g) {
       if (nonfinite.load()) continue;
       const int64_t g0 = g * G, gn = std::min(G, r.n - g0);
       bool bad = false;
-      to_u8_group<T>(p, g0, gn, u8.data(), offset, denom, bad);
+      to_u8_group<T>(p, g0, gn, u8.data(), offset, denom, vlut, bad);
       if (bad) { nonfinite = true; continue; }
       for (int64_t s = 0; s < gn; ++s)
         resize_normalize_write<OutT>(u8.data() + s * r.H * r.W, r.H, r.W, h2, w2, tx, ty, tmp,
@@ -308,7 +424,8 @@ void postprocess_typed(const PostprocessParams& p) {
                            (r.s_w < 0 ? -r.s_w : r.s_w);
 #pragma omp parallel
   {
-    std::vector<float> L(G * map), rowvec(G * kLogitSize);
+    std::vector<float> L(G * map);
+    std::vector<uint8_t> rowbuf(G * r.W);
     std::vector<Composed> cy, cx;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t g = 0; g < groups; ++g) {
@@ -329,26 +446,40 @@ void postprocess_typed(const PostprocessParams& p) {
         for (int64_t s = 0; s < gn; ++s) {
           const int* iy = &cy[s].idx[4 * h];
           const float* wy = &cy[s].wt[4 * h];
-          const float* Ls = &L[s * map];
-          float* rv = &rowvec[s * kLogitSize];
+          const float* L0 = &L[s * map + iy[0] * kLogitSize];
+          const float* L1 = &L[s * map + iy[1] * kLogitSize];
+          const float* L2 = &L[s * map + iy[2] * kLogitSize];
+          const float* L3 = &L[s * map + iy[3] * kLogitSize];
+          float rv[kLogitSize];
           for (int b = 0; b < kLogitSize; ++b)
-            rv[b] = wy[0] * Ls[iy[0] * kLogitSize + b] + wy[1] * Ls[iy[1] * kLogitSize + b] +
-                    wy[2] * Ls[iy[2] * kLogitSize + b] + wy[3] * Ls[iy[3] * kLogitSize + b];
+            rv[b] = wy[0] * L0[b] + wy[1] * L1[b] + wy[2] * L2[b] + wy[3] * L3[b];
+          const int* ix = cx[s].idx.data();
+          const float* wx = cx[s].wt.data();
+          uint8_t* dst = &rowbuf[s * r.W];
+          for (int64_t w = 0; w < r.W; ++w) {
+            const int* i4 = ix + 4 * w;
+            const float* w4 = wx + 4 * w;
+            const float v = w4[0] * rv[i4[0]] + w4[1] * rv[i4[1]] + w4[2] * rv[i4[2]] +
+                            w4[3] * rv[i4[3]];
+            dst[w] = v > 0.0f ? 1 : 0;
+          }
         }
-        auto value = [&](int64_t s, int64_t w) -> uint8_t {
-          const int* ix = &cx[s].idx[4 * w];
-          const float* wx = &cx[s].wt[4 * w];
-          const float* rv = &rowvec[s * kLogitSize];
-          float v = wx[0] * rv[ix[0]] + wx[1] * rv[ix[1]] + wx[2] * rv[ix[2]] + wx[3] * rv[ix[3]];
-          return v > 0.0f ? 1 : 0;
-        };
-        uint8_t* row = base + h * r.s_h;
+        uint8_t* row = base + h * r.s_h + g0 * r.s_slice;
         if (slice_inner) {
-          for (int64_t w = 0; w < r.W; ++w)
-            for (int64_t s = 0; s < gn; ++s) row[(g0 + s) * r.s_slice + w * r.s_w] = value(s, w);
+          for (int64_t w = 0; w < r.W; ++w) {
+            uint8_t* o = row + w * r.s_w;
+            for (int64_t s = 0; s < gn; ++s) o[s * r.s_slice] = rowbuf[s * r.W + w];
+          }
         } else {
-          for (int64_t s = 0; s < gn; ++s)
-            for (int64_t w = 0; w < r.W; ++w) row[(g0 + s) * r.s_slice + w * r.s_w] = value(s, w);
+          for (int64_t s = 0; s < gn; ++s) {
+            uint8_t* o = row + s * r.s_slice;
+            const uint8_t* src = &rowbuf[s * r.W];
+            if (r.s_w == 1) {
+              std::memcpy(o, src, (size_t)r.W);
+            } else {
+              for (int64_t w = 0; w < r.W; ++w) o[w * r.s_w] = src[w];
+            }
+          }
         }
       }
     }
