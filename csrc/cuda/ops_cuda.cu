@@ -83,7 +83,11 @@ void launch_preprocess(const PreprocessParams& p, cudaStream_t stream) {
   const size_t by_count = align256(by_first + sizeof(int) * h2);
   const size_t by_k = align256(by_count + sizeof(int) * h2);
   const size_t b_stats = align256(by_k + sizeof(int32_t) * (size_t)h2 * ky);
-  const size_t bytes = b_stats + (minmax ? sizeof(double2) * (size_t)r.n : 0);
+  const size_t b_range = align256(b_stats + (minmax ? sizeof(double2) * (size_t)r.n : 0));
+  const size_t b_lut = align256(b_range + (minmax ? sizeof(double2) * (size_t)r.n : 0));
+  constexpr bool use_lut = cuda::LutTraits<T>::enabled;
+  const int64_t lut_tables = use_lut ? (minmax ? r.n : 1) : 0;
+  const size_t bytes = b_lut + (size_t)lut_tables * cuda::LutTraits<T>::size;
   Workspace ws(bytes, stream);
   char* w = ws.get();
   int* xf = reinterpret_cast<int*>(w + bx_first);
@@ -93,6 +97,8 @@ void launch_preprocess(const PreprocessParams& p, cudaStream_t stream) {
   int* yc = reinterpret_cast<int*>(w + by_count);
   int32_t* yk = reinterpret_cast<int32_t*>(w + by_k);
   double2* stats = minmax ? reinterpret_cast<double2*>(w + b_stats) : nullptr;
+  double2* range = minmax ? reinterpret_cast<double2*>(w + b_range) : nullptr;
+  uint8_t* lut = use_lut ? reinterpret_cast<uint8_t*>(w + b_lut) : nullptr;
 
   cuda::taps_kernel<<<(w2 + 127) / 128, 128, 0, stream>>>(r.W, w2, kx, xf, xc, xk);
   cuda::taps_kernel<<<(h2 + 127) / 128, 128, 0, stream>>>(r.H, h2, ky, yf, yc, yk);
@@ -103,14 +109,20 @@ void launch_preprocess(const PreprocessParams& p, cudaStream_t stream) {
   if (minmax) {
     const bool h_fast = abs64(r.s_h) < abs64(r.s_w);
     cuda::minmax_kernel<T><<<(unsigned)r.n, dim3(32, 8), 0, stream>>>(
-        base, g, h_fast, p.has_window, p.lo, p.hi, stats);
+        base, g, h_fast, p.has_window, p.lo, p.hi, stats, range);
+    SAMUNET_CUDA_CHECK(cudaGetLastError());
+  }
+  if (use_lut) {
+    const dim3 lgrid((cuda::LutTraits<T>::size + 255) / 256, (unsigned)lut_tables);
+    cuda::lut_kernel<T><<<lgrid, 256, 0, stream>>>(stats, range, p.has_window, p.lo, p.hi, lut);
     SAMUNET_CUDA_CHECK(cudaGetLastError());
   }
   const dim3 block(32, 8);
   const dim3 grid(kImageSize / 32, kImageSize / 8, (unsigned)r.n);
   cuda::preprocess_kernel<T, OutT><<<grid, block, 0, stream>>>(
       base, g, h2, w2, cuda::TapTable{kx, xf, xc, xk}, cuda::TapTable{ky, yf, yc, yk}, stats,
-      p.has_window, p.lo, p.hi, static_cast<OutT*>(p.out));
+      p.has_window, p.lo, p.hi, lut, minmax ? (int64_t)cuda::LutTraits<T>::size : 0,
+      static_cast<OutT*>(p.out));
   SAMUNET_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -40,7 +40,8 @@ __device__ __forceinline__ double load_as_double(const T* p) {
 // axis with the smaller stride (coalesced when it is contiguous), warp-shuffle reduction.
 template <typename T>
 __global__ void minmax_kernel(const T* __restrict__ base, RunGeom g, bool h_fast, bool has_window,
-                              double lo, double hi, double2* __restrict__ stats) {
+                              double lo, double hi, double2* __restrict__ stats,
+                              double2* __restrict__ range) {
   const int64_t s = blockIdx.x;
   const T* p = base + s * g.s_slice;
   const int64_t inner = h_fast ? g.H : g.W, outer = h_fast ? g.W : g.H;
@@ -71,12 +72,55 @@ __global__ void minmax_kernel(const T* __restrict__ base, RunGeom g, bool h_fast
       mn = fmin(mn, smin[w]);
       mx = fmax(mx, smax[w]);
     }
+    range[s] = make_double2(mn, mx);
     if (has_window) {
       mn = mn < lo ? lo : (mn > hi ? hi : mn);
       mx = mx < lo ? lo : (mx > hi ? hi : mx);
     }
     stats[s] = make_double2(mn, mx - mn + 1e-6);
   }
+}
+
+// 8- and 16-bit integer volumes convert through a per-slice lookup table (one exact float64
+// conversion per distinct value instead of one per tap): index = value - LutTraits<T>::lowest.
+template <typename T>
+struct LutTraits {
+  static constexpr bool enabled = false;
+  static constexpr int lowest = 0, size = 0;
+};
+template <>
+struct LutTraits<uint8_t> {
+  static constexpr bool enabled = true;
+  static constexpr int lowest = 0, size = 256;
+};
+template <>
+struct LutTraits<int16_t> {
+  static constexpr bool enabled = true;
+  static constexpr int lowest = -32768, size = 65536;
+};
+template <>
+struct LutTraits<uint16_t> {
+  static constexpr bool enabled = true;
+  static constexpr int lowest = 0, size = 65536;
+};
+
+// Fill the lookup tables: grid (size / 256, slices). slice-minmax: table s over the slice's raw
+// [min, max] (other entries are never read); window mode: one table (gridDim.y == 1).
+template <typename T>
+__global__ void lut_kernel(const double2* __restrict__ stats, const double2* __restrict__ range,
+                           bool clip, double lo, double hi, uint8_t* __restrict__ lut) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= LutTraits<T>::size) return;
+  const int64_t s = blockIdx.y;
+  const double v = (double)(LutTraits<T>::lowest + i);
+  double offset = lo, denom = hi - lo;
+  if (stats) {
+    const double2 rg = range[s];
+    if (v < rg.x || v > rg.y) return;
+    offset = stats[s].x;
+    denom = stats[s].y;
+  }
+  lut[s * LutTraits<T>::size + i] = intensity_u8(v, clip, lo, hi, offset, denom);
 }
 
 template <typename OutT>
@@ -92,7 +136,8 @@ __device__ __forceinline__ __half to_out<__half>(float v) { return __float2half_
 template <typename T, typename OutT>
 __global__ void preprocess_kernel(const T* __restrict__ base, RunGeom g, int h2, int w2,
                                   TapTable tx, TapTable ty, const double2* __restrict__ stats,
-                                  bool clip, double lo, double hi, OutT* __restrict__ out) {
+                                  bool clip, double lo, double hi, const uint8_t* __restrict__ lut,
+                                  int64_t lut_stride, OutT* __restrict__ out) {
   const int x = blockIdx.x * blockDim.x + threadIdx.x;
   const int y = blockIdx.y * blockDim.y + threadIdx.y;
   const int64_t s = blockIdx.z;
@@ -115,6 +160,8 @@ __global__ void preprocess_kernel(const T* __restrict__ base, RunGeom g, int h2,
     denom = hi - lo;
   }
   const T* p = base + s * g.s_slice;
+  const uint8_t* table = lut ? lut + s * lut_stride : nullptr;
+  (void)table;
   const int yf = ty.first[y], yc = ty.count[y];
   const int xf = tx.first[x], xc = tx.count[x];
   const int32_t* ky = ty.k + (int64_t)y * ty.ksize;
@@ -123,10 +170,17 @@ __global__ void preprocess_kernel(const T* __restrict__ base, RunGeom g, int h2,
   for (int t = 0; t < yc; ++t) {
     const T* row = p + (int64_t)(yf + t) * g.s_h + (int64_t)xf * g.s_w;
     int32_t acch = 1 << (kPrecisionBits - 1);
-    for (int u = 0; u < xc; ++u) {
-      const uint8_t v = intensity_u8(load_as_double(row + (int64_t)u * g.s_w), clip, lo, hi,
-                                     offset, denom);
-      acch += (int32_t)v * __ldg(kx + u);
+    if constexpr (LutTraits<T>::enabled) {
+      for (int u = 0; u < xc; ++u) {
+        const int raw = (int)__ldg(row + (int64_t)u * g.s_w);
+        acch += (int32_t)__ldg(table + (raw - LutTraits<T>::lowest)) * __ldg(kx + u);
+      }
+    } else {
+      for (int u = 0; u < xc; ++u) {
+        const uint8_t v = intensity_u8(load_as_double(row + (int64_t)u * g.s_w), clip, lo, hi,
+                                       offset, denom);
+        acch += (int32_t)v * __ldg(kx + u);
+      }
     }
     accv += (int32_t)clip8(acch) * __ldg(ky + t);
   }
