@@ -1,0 +1,157 @@
+"""ONNX Runtime backend: CPU everywhere; CUDA or TensorRT execution providers where installed.
+
+On CUDA the inputs and the output are bound to the torch tensors' device memory (IO binding), so
+nothing goes through the host.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from sam_unet.runtime.backends import check_inputs, run_in_chunks
+
+PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
+
+
+def resolve_providers(
+    device: str, provider: str, available: list[str], *, precision: str = "fp32", device_id: int = 0
+) -> list:
+    """The ``providers`` list for an InferenceSession (pure: ``available`` is
+    ``ort.get_available_providers()``)."""
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider {provider!r}: must be one of {PROVIDERS}")
+    if device == "cpu":
+        if provider not in ("auto", "cpu"):
+            raise ValueError(f"provider {provider!r} needs a CUDA device, not {device!r}")
+        if precision != "fp32":
+            raise ValueError("onnxruntime on the CPU runs the fp32 graph only (precision fp32)")
+        return ["CPUExecutionProvider"]
+    if provider == "cpu":
+        raise ValueError(f"provider 'cpu' with device {device!r}: use device='cpu'")
+    cuda_opts = {"device_id": device_id}
+    if provider == "tensorrt":
+        if "TensorrtExecutionProvider" not in available:
+            raise RuntimeError(
+                "onnxruntime has no TensorrtExecutionProvider here (available: "
+                f"{available}); install onnxruntime-gpu with TensorRT, or use provider='cuda'"
+            )
+        trt_opts = {"device_id": device_id, "trt_fp16_enable": precision == "fp16"}
+        return [
+            ("TensorrtExecutionProvider", trt_opts),
+            ("CUDAExecutionProvider", cuda_opts),
+            "CPUExecutionProvider",
+        ]
+    if "CUDAExecutionProvider" not in available:
+        raise RuntimeError(
+            f"onnxruntime has no CUDAExecutionProvider here (available: {available}); "
+            "pip install onnxruntime-gpu, or use device='cpu'"
+        )
+    if precision != "fp32":
+        raise ValueError(
+            "onnxruntime's CUDA provider runs the fp32 graph; for fp16 use provider='tensorrt' "
+            "or the tensorrt backend"
+        )
+    return [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        onnx_path: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        max_batch: int = 32,
+        threads: int | None = None,
+        provider: str = "auto",
+    ) -> None:
+        import onnxruntime as ort
+
+        if not os.path.isfile(onnx_path):
+            raise FileNotFoundError(f"{onnx_path}: no such ONNX file")
+        self.onnx_path = str(onnx_path)
+        self.device = str(device)
+        self.precision = precision
+        self.max_batch = int(max_batch)
+        dev = torch.device(self.device)
+        self._device_id = dev.index or 0
+        providers = resolve_providers(
+            self.device,
+            provider,
+            ort.get_available_providers(),
+            precision=precision,
+            device_id=self._device_id,
+        )
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(self.onnx_path, sess_options=so, providers=providers)
+        names = {i.name for i in self.session.get_inputs()}
+        if names != {"images", "boxes"}:
+            raise ValueError(
+                f"{onnx_path}: expected inputs images and boxes, found {sorted(names)}"
+            )
+        self.output_name = self.session.get_outputs()[0].name
+        self.providers = self.session.get_providers()
+        self.threads = threads
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        check_inputs(images, boxes)
+        fn = self._run_cpu if self.device == "cpu" else self._run_cuda
+        return run_in_chunks(fn, images, boxes, self.max_batch)
+
+    def describe(self) -> str:
+        import onnxruntime as ort
+
+        variant = self.metadata.get("sam_unet.variant", "?")
+        threads = f", {self.threads} intra-op threads" if self.threads else ""
+        return (
+            f"onnxruntime {ort.__version__}: {os.path.basename(self.onnx_path)} ({variant}) "
+            f"{self.precision} on {self.device} via {self.providers[0]}, max batch "
+            f"{self.max_batch}{threads}"
+        )
+
+    def _run_cpu(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        feeds = {
+            "images": images.detach().to("cpu", torch.float32).contiguous().numpy(),
+            "boxes": boxes.detach().to("cpu", torch.float32).contiguous().numpy(),
+        }
+        (out,) = self.session.run([self.output_name], feeds)
+        return torch.from_numpy(out)
+
+    def _run_cuda(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, torch.float32).contiguous()
+        b = boxes.to(self.device, torch.float32).contiguous()
+        out = torch.empty((x.shape[0], 1, 64, 64), device=self.device, dtype=torch.float32)
+        binding = self.session.io_binding()
+        for name, t in (("images", x), ("boxes", b)):
+            binding.bind_input(
+                name=name,
+                device_type="cuda",
+                device_id=self._device_id,
+                element_type=np.float32,
+                shape=tuple(t.shape),
+                buffer_ptr=t.data_ptr(),
+            )
+        binding.bind_output(
+            name=self.output_name,
+            device_type="cuda",
+            device_id=self._device_id,
+            element_type=np.float32,
+            shape=tuple(out.shape),
+            buffer_ptr=out.data_ptr(),
+        )
+        # ORT runs on its own stream: the inputs must be ready before it starts, and
+        # run_with_iobinding returns after the output is written.
+        torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(binding)
+        return out

@@ -1,0 +1,116 @@
+"""TensorRT backend: runs a serialized engine built by ``sam-unet build-engine``.
+
+The engine's sidecar is checked against this GPU and TensorRT version before it is
+deserialised. One execution context per optimisation profile (created on first use, its profile
+set once); each batch picks the narrowest profile that contains it, sets the input shapes, binds
+the torch CUDA tensors' device pointers and enqueues on the backend's stream.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from sam_unet.export.tensorrt import (
+    format_profiles,
+    import_tensorrt,
+    load_engine,
+    select_profile,
+)
+from sam_unet.export.tensorrt import (
+    max_batch as profiles_max_batch,
+)
+from sam_unet.runtime.backends import check_inputs, run_in_chunks
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        engine_path: str | os.PathLike,
+        *,
+        device: str = "cuda:0",
+        max_batch: int | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if str(device) == "cpu":
+            raise ValueError("the tensorrt backend needs a CUDA device (device='cuda' or 'cuda:N')")
+        self._trt = trt = import_tensorrt()
+        self.device = str(device)
+        dev = torch.device(self.device)
+        self._index = dev.index or 0
+        with torch.cuda.device(self._index):
+            self._loaded = load_engine(engine_path, device=self._index, verbose=verbose)
+        self.engine = self._loaded.engine
+        self.profiles = self._loaded.profiles
+        self.precision = "fp16" if self._loaded.spec.fp16 else "fp32"
+        limit = profiles_max_batch(self.profiles)
+        self.max_batch = min(int(max_batch), limit) if max_batch else limit
+        missing = {"images", "boxes"} - set(self._loaded.input_names)
+        if missing or not self._loaded.output_names:
+            raise ValueError(
+                f"{engine_path}: engine inputs {self._loaded.input_names} / outputs "
+                f"{self._loaded.output_names}; expected images, boxes -> logits"
+            )
+        self.output_name = self._loaded.output_names[0]
+        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16}
+        self._dtypes = {}
+        for name in (*self._loaded.input_names, self.output_name):
+            dt = self.engine.get_tensor_dtype(name)
+            if dt not in dtypes:
+                raise ValueError(f"{engine_path}: tensor {name!r} has unsupported type {dt}")
+            self._dtypes[name] = dtypes[dt]
+        self._stream = torch.cuda.Stream(device=dev)
+        self._contexts: dict[int, object] = {}
+
+    def describe(self) -> str:
+        spec = self._loaded.spec
+        return (
+            f"tensorrt {spec.tensorrt_version}: {self._loaded.path.name} {self.precision} on "
+            f"{self.device} ({spec.gpu_name}), profiles {format_profiles(self.profiles)}, "
+            f"max batch {self.max_batch}"
+        )
+
+    def run(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        check_inputs(images, boxes)
+        return run_in_chunks(self._run_batch, images, boxes, self.max_batch)
+
+    def _context(self, profile_index: int):
+        ctx = self._contexts.get(profile_index)
+        if ctx is None:
+            ctx = self.engine.create_execution_context()
+            if ctx is None:
+                raise RuntimeError("TensorRT could not create an execution context (GPU memory?)")
+            if not ctx.set_optimization_profile_async(profile_index, self._stream.cuda_stream):
+                raise RuntimeError(f"TensorRT refused optimisation profile {profile_index}")
+            self._contexts[profile_index] = ctx
+        return ctx
+
+    def _run_batch(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        n = int(images.shape[0])
+        profile = select_profile(self.profiles, n)
+        ctx = self._context(profile)
+        feeds = {
+            "images": images.to(self.device, self._dtypes["images"]).contiguous(),
+            "boxes": boxes.to(self.device, self._dtypes["boxes"]).contiguous(),
+        }
+        for name, t in feeds.items():
+            if not ctx.set_input_shape(name, tuple(t.shape)):
+                raise RuntimeError(f"TensorRT rejected shape {tuple(t.shape)} for input {name!r}")
+            ctx.set_tensor_address(name, t.data_ptr())
+        out_shape = tuple(ctx.get_tensor_shape(self.output_name))
+        if out_shape != (n, 1, 64, 64):
+            raise RuntimeError(f"engine output shape {out_shape}, expected ({n}, 1, 64, 64)")
+        out = torch.empty(out_shape, device=self.device, dtype=self._dtypes[self.output_name])
+        ctx.set_tensor_address(self.output_name, out.data_ptr())
+        current = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)  # inputs were produced on the caller's stream
+        if not ctx.execute_async_v3(self._stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        for t in (*feeds.values(), out):
+            t.record_stream(self._stream)  # keep the buffers alive until the engine is done
+        current.wait_stream(self._stream)
+        return out.float()
+

@@ -1,0 +1,122 @@
+"""PyTorch backend: CPU float32 (inference mode); CUDA float16/bfloat16/float32 with CUDA graphs.
+
+On CUDA a graph is captured per batch size on first use (static input and output buffers, one
+memory pool shared by all graphs) and replayed afterwards; a smaller batch is padded up to the
+smallest captured size that holds it, so a volume's short last slab reuses the main graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+
+from sam_unet.runtime.backends import check_inputs, run_in_chunks
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        max_batch: int = 32,
+        cuda_graphs: bool | None = None,
+        copy_model: bool = True,
+    ) -> None:
+        if precision not in DTYPES:
+            raise ValueError(f"precision {precision!r}: must be one of {tuple(DTYPES)}")
+        self.device = str(device)
+        self.precision = precision
+        self.max_batch = int(max_batch)
+        self.dtype = DTYPES[precision]
+        dev = torch.device(self.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {self.device}: CUDA is not available to PyTorch here")
+        # Casting is in place for nn.Module.to(); keep the caller's model untouched.
+        needs_cast = any(p.dtype != self.dtype or p.device != dev for p in model.parameters())
+        if copy_model and needs_cast:
+            model = copy.deepcopy(model)
+        self.model = model.eval().to(device=dev, dtype=self.dtype)
+        self.variant = getattr(model, "variant", None)
+        self.cuda_graphs = bool(dev.type == "cuda" if cuda_graphs is None else cuda_graphs)
+        if self.cuda_graphs and dev.type != "cuda":
+            raise ValueError("cuda_graphs=True needs a CUDA device")
+        self._graphs: dict[int, tuple] = {}
+        self._pool = None
+        self._graph_error: str | None = None
+
+    # -- protocol -----------------------------------------------------------------------------
+
+    def run(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        check_inputs(images, boxes)
+        return run_in_chunks(self._run_batch, images, boxes, self.max_batch)
+
+    def describe(self) -> str:
+        graphs = ""
+        if self.cuda_graphs:
+            graphs = f", CUDA graphs for batch sizes {sorted(self._graphs)}"
+        elif self._graph_error:
+            graphs = f", CUDA graphs off ({self._graph_error})"
+        return (
+            f"torch {torch.__version__}: {self.variant or 'model'} {self.precision} on "
+            f"{self.device}, max batch {self.max_batch}{graphs}"
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _prepare(self, images: torch.Tensor, boxes: torch.Tensor):
+        x = images.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        b = boxes.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        return x, b
+
+    def _run_batch(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        x, b = self._prepare(images, boxes)
+        if self.cuda_graphs:
+            try:
+                return self._run_graph(x, b)
+            except RuntimeError as exc:  # capture failed: fall back to eager, say why once
+                self.cuda_graphs = False
+                self._graphs.clear()
+                self._graph_error = str(exc).splitlines()[0][:200]
+                warnings.warn(
+                    f"CUDA graph capture failed, running eagerly: {self._graph_error}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        with torch.inference_mode():
+            return self.model(x, b).float()
+
+    def _capture(self, n: int):
+        dev = torch.device(self.device)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        sx = torch.zeros(n, 3, 256, 256, device=dev, dtype=self.dtype)
+        sb = torch.tensor([[64.0, 64.0, 192.0, 192.0]], device=dev, dtype=self.dtype).repeat(n, 1)
+        side = torch.cuda.Stream(device=dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(2):  # warm-up: cuDNN/cuBLAS workspaces and lazy inits out of the graph
+                self.model(sx, sb)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
+            out = self.model(sx, sb)
+        self._graphs[n] = (graph, sx, sb, out)
+        return self._graphs[n]
+
+    def _run_graph(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        size = min((s for s in self._graphs if s >= n), default=None)
+        graph, sx, sb, out = self._graphs[size] if size is not None else self._capture(n)
+        sx[:n].copy_(x)
+        sb[:n].copy_(b)
+        graph.replay()
+        # The static output is overwritten by the next replay: hand back a copy.
+        return out[:n].to(torch.float32, copy=True)
