@@ -53,26 +53,32 @@ def cuda_median_time(fn: Callable[[], object], runs: int, warmup: int = 5) -> fl
     return statistics.median(times)
 
 
-def make_volume(shape, dtype, layout: str, seed: int = 0) -> np.ndarray:
+def make_volume(shape, dtype, layout: str, seed: int = 0) -> tuple[np.ndarray, int]:
+    """(volume, slicing axis): c = C order (X, Y, Z) sliced along the contiguous Z; f = nibabel's
+    Fortran order; s = slice-major (Z, X, Y), as the engine's device slabs, sliced along axis 0."""
     rng = np.random.default_rng(seed)
     vol = rng.integers(-1024, 3000, shape).astype(dtype)
-    return np.asfortranarray(vol) if layout == "f" else np.ascontiguousarray(vol)
+    if layout == "s":
+        return np.ascontiguousarray(np.moveaxis(vol, 2, 0)), 0
+    return (np.asfortranarray(vol) if layout == "f" else np.ascontiguousarray(vol)), 2
 
 
-def pil_preprocess(vol: np.ndarray, n: int, out: np.ndarray) -> None:
+def pil_preprocess(vol: np.ndarray, n: int, out: np.ndarray, axis: int) -> None:
     """Per-slice path of the published code: to uint8, PIL resize, normalise, pad."""
     for k in range(n):
-        u8 = transforms.to_uint8(vol[:, :, k])
+        u8 = transforms.to_uint8(np.take(vol, k, axis=axis))
         h2, w2 = transforms.resized_shape(*u8.shape)
         img = np.asarray(Image.fromarray(u8).resize((w2, h2), Image.BILINEAR))
         out[k] = transforms.normalize_pad(img, out.dtype)
 
 
-def reference_postprocess(logits: np.ndarray, hw, out: np.ndarray) -> None:
+def reference_postprocess(logits: np.ndarray, hw, out: np.ndarray, axis: int) -> None:
     """Reference per slice: transforms.postprocess_batch of one map, written into the volume."""
-    H, W = out.shape[0], out.shape[1]
+    H, W = transforms.slice_shape(out.shape, axis)
     for k in range(logits.shape[0]):
-        out[:, :, k] = transforms.postprocess_batch(logits[k : k + 1], hw, (H, W))[0]
+        idx = [slice(None)] * 3
+        idx[axis] = k
+        out[tuple(idx)] = transforms.postprocess_batch(logits[k : k + 1], hw, (H, W))[0]
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -81,7 +87,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     dtype = np.dtype(args.dtype)
     out_dtype = np.dtype(args.out_dtype)
     hw = transforms.resized_shape(X, Y)
-    vol = make_volume((X, Y, Z), dtype, args.layout)
+    vol, axis = make_volume((X, Y, Z), dtype, args.layout)
     logits = np.random.default_rng(1).normal(0, 4, (Z, 1, 64, 64)).astype(np.float32)
     pre_bytes = vol.nbytes + Z * 3 * 256 * 256 * out_dtype.itemsize
     post_bytes = logits.nbytes + X * Y * Z
@@ -104,20 +110,22 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     if args.device in ("cpu", "all"):
         out = np.empty((Z, 3, 256, 256), out_dtype)
-        mask = np.zeros((X, Y, Z), np.uint8, order="F" if args.layout == "f" else "C")
+        mask = np.zeros(vol.shape, np.uint8, order="F" if args.layout == "f" else "C")
         runs = max(1, args.runs // 5)
         ref_pre = add(
             "preprocess",
             "reference (transforms.preprocess_slices)",
             "cpu",
-            median_time(lambda: transforms.preprocess_slices(vol, 0, Z, dtype=out_dtype), runs, 0),
+            median_time(
+                lambda: transforms.preprocess_slices(vol, 0, Z, axis=axis, dtype=out_dtype), runs, 0
+            ),
             pre_bytes,
         )
         add(
             "preprocess",
             "PIL per slice",
             "cpu",
-            median_time(lambda: pil_preprocess(vol, Z, out), runs, 0),
+            median_time(lambda: pil_preprocess(vol, Z, out, axis), runs, 0),
             pre_bytes,
             ref_pre,
         )
@@ -125,7 +133,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             "preprocess",
             "C++ CPU op",
             "cpu",
-            median_time(lambda: ops.preprocess(vol, out, z0=0, n=Z), args.runs),
+            median_time(lambda: ops.preprocess(vol, out, z0=0, n=Z, axis=axis), args.runs),
             pre_bytes,
             ref_pre,
         )
@@ -133,14 +141,17 @@ def run(args: argparse.Namespace) -> list[dict]:
             "postprocess",
             "reference (postprocess_batch per slice)",
             "cpu",
-            median_time(lambda: reference_postprocess(logits, hw, mask), runs, 0),
+            median_time(lambda: reference_postprocess(logits, hw, mask, axis), runs, 0),
             post_bytes,
         )
         add(
             "postprocess",
             "C++ CPU op",
             "cpu",
-            median_time(lambda: ops.postprocess(logits, mask, z0=0, n=Z, resized_hw=hw), args.runs),
+            median_time(
+                lambda: ops.postprocess(logits, mask, z0=0, n=Z, axis=axis, resized_hw=hw),
+                args.runs,
+            ),
             post_bytes,
             ref_post,
         )
@@ -156,7 +167,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         tdt = torch.float16 if out_dtype == np.float16 else torch.float32
         dout = torch.empty((Z, 3, 256, 256), dtype=tdt, device=dev)
         dlog = torch.from_numpy(logits).to(dev)
-        dmask = torch.zeros(tuple(dvol.shape), dtype=torch.uint8, device=dev)
+        dmask = torch.zeros(tuple(vol.shape), dtype=torch.uint8, device=dev)
         if args.layout == "f":
             dmask = torch.zeros((Z, Y, X), dtype=torch.uint8, device=dev).permute(2, 1, 0)
         stream = torch.cuda.current_stream().cuda_stream
@@ -178,7 +189,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             "CUDA op",
             "cuda",
             cuda_median_time(
-                lambda: ops.preprocess(dvol, dout, z0=0, n=Z, stream=stream), args.runs
+                lambda: ops.preprocess(dvol, dout, z0=0, n=Z, axis=axis, stream=stream), args.runs
             ),
             pre_bytes,
             ref_pre,
@@ -188,7 +199,9 @@ def run(args: argparse.Namespace) -> list[dict]:
             "CUDA op",
             "cuda",
             cuda_median_time(
-                lambda: ops.postprocess(dlog, dmask, z0=0, n=Z, resized_hw=hw, stream=stream),
+                lambda: ops.postprocess(
+                    dlog, dmask, z0=0, n=Z, axis=axis, resized_hw=hw, stream=stream
+                ),
                 args.runs,
             ),
             post_bytes,
@@ -225,8 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="int16")
     p.add_argument("--out-dtype", default="float16", choices=("float16", "float32"))
     p.add_argument(
-        "--layout", choices=("c", "f"), default="c",
-        help="c: slices along the contiguous axis; f: nibabel's Fortran order",
+        "--layout", choices=("c", "f", "s"), default=None,
+        help="c: (X, Y, Z) C order, slices along the contiguous Z (CPU default); f: nibabel's "
+        "Fortran order; s: slice-major (Z, X, Y) like the engine's device slabs (CUDA default)",
     )  # fmt: skip
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
@@ -234,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.size is None:
         args.size = (512, 512, 64) if args.device == "cpu" else (512, 512, 300)
+    if args.layout is None:
+        args.layout = "c" if args.device == "cpu" else "s"
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run(args)

@@ -119,7 +119,10 @@ void launch_preprocess(const PreprocessParams& p, cudaStream_t stream) {
   }
   const dim3 block(32, 8);
   const dim3 grid(kImageSize / 32, kImageSize / 8, (unsigned)r.n);
-  cuda::preprocess_kernel<T, OutT><<<grid, block, 0, stream>>>(
+  const bool h_fast = r.H > 1 && abs64(r.s_h) < abs64(r.s_w);
+  auto kernel = h_fast ? cuda::preprocess_kernel<T, OutT, true>
+                       : cuda::preprocess_kernel<T, OutT, false>;
+  kernel<<<grid, block, 0, stream>>>(
       base, g, h2, w2, cuda::TapTable{kx, xf, xc, xk}, cuda::TapTable{ky, yf, yc, yk}, stats,
       p.has_window, p.lo, p.hi, lut, minmax ? (int64_t)cuda::LutTraits<T>::size : 0,
       static_cast<OutT*>(p.out));

@@ -133,13 +133,17 @@ __device__ __forceinline__ __half to_out<__half>(float v) { return __float2half_
 // Fused resize + normalise + pad: one thread per output pixel (x fastest, coalesced writes),
 // both Pillow passes computed from the raw input (the horizontal pass rounded to 8 bits per
 // intermediate row sample, exactly as Pillow). stats == nullptr: window mode (lo, hi - lo).
-template <typename T, typename OutT>
+// kHFast: the input's rows (H) are its contiguous axis (e.g. nibabel's Fortran order), so
+// threadIdx.x runs along output rows to keep the input reads coalesced.
+template <typename T, typename OutT, bool kHFast>
 __global__ void preprocess_kernel(const T* __restrict__ base, RunGeom g, int h2, int w2,
                                   TapTable tx, TapTable ty, const double2* __restrict__ stats,
                                   bool clip, double lo, double hi, const uint8_t* __restrict__ lut,
                                   int64_t lut_stride, OutT* __restrict__ out) {
-  const int x = blockIdx.x * blockDim.x + threadIdx.x;
-  const int y = blockIdx.y * blockDim.y + threadIdx.y;
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const int j = blockIdx.y * blockDim.y + threadIdx.y;
+  const int x = kHFast ? j : i;
+  const int y = kHFast ? i : j;
   const int64_t s = blockIdx.z;
   if (x >= kImageSize || y >= kImageSize) return;
   OutT* o = out + s * 3 * kImageSize * kImageSize + (int64_t)y * kImageSize + x;
