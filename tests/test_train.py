@@ -107,3 +107,37 @@ def test_resume_is_bitwise_exact(mni_small, tmp_path):
 def test_resume_errors(mni_small, tmp_path, capsys):
     rc = cli.main(_train_args(mni_small, tmp_path / "r", "--resume", str(tmp_path / "no.pt")))
     assert rc == 1 and "no.pt" in capsys.readouterr().err
+
+
+def test_demo_recipe_smoke(tmp_path):
+    from sam_unet.train.demo_recipe import train_demo_model
+
+    out = tmp_path / "demo.pt"
+    metrics = train_demo_model(out, quiet=True, threads=1, max_steps=2, workdir=tmp_path,
+                               test_slices="every:20")
+    assert metrics["steps"] == 2 and metrics["heldout_slices"] == 10
+    assert 0.0 <= metrics["heldout_dice"] <= 1.0
+    obj = torch.load(out, map_location="cpu", weights_only=True)
+    assert obj["weights_dtype"] == "float16" and obj["prompt"] == "full"
+    assert all(v.dtype == torch.float16 for v in obj["model"].values() if v.is_floating_point())
+    model = checkpoints.load_model(out)
+    assert next(model.parameters()).dtype == torch.float32
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.pt"]  # the work folder is removed
+
+
+def test_shipped_demo_checkpoint():
+    from pathlib import Path
+
+    import sam_unet
+
+    path = Path(sam_unet.__file__).parent / "assets" / "demo_tiny.pt"
+    if not path.exists():
+        pytest.skip("assets/demo_tiny.pt not built")
+    assert path.stat().st_size < 5 * 2**20
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    assert obj["variant"] == "tiny" and obj["prompt"] == "full"
+    model = checkpoints.load_model(path)
+    assert model.variant == "tiny"
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 3, 256, 256), torch.tensor([[0.0, 0.0, 255.0, 215.0]]))
+    assert logits.shape == (1, 1, 64, 64)

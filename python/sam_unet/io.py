@@ -154,13 +154,12 @@ def load_nifti(
         proxy = img.dataobj
         slope = getattr(proxy, "slope", 1.0)
         inter = getattr(proxy, "inter", 0.0)
-        if dtype is not None:
-            data = np.asarray(img.get_fdata(dtype=np.float64) if np.dtype(dtype).kind == "f"
-                              else np.asanyarray(proxy)).astype(dtype, copy=False)
-        elif (slope is None or slope == 1.0) and (inter is None or inter == 0.0):
+        if (slope is None or slope == 1.0) and (inter is None or inter == 0.0):
             data = np.asanyarray(proxy)
         else:
             data = img.get_fdata(dtype=np.float32)
+        if dtype is not None:
+            data = np.asarray(data).astype(dtype, copy=False)
     except Exception as exc:  # noqa: BLE001 - truncated gzip, short file, ...
         raise NiftiError(
             f"{path}: cannot read the image data ({type(exc).__name__}: {exc})") from exc

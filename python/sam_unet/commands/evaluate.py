@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if prompt is None:
         try:
             obj = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-            prompt = (obj.get("train_config") or {}).get("prompt") if isinstance(obj, dict) \
-                else None
+            if isinstance(obj, dict):
+                prompt = (obj.get("train_config") or {}).get("prompt") or obj.get("prompt")
         except Exception:  # noqa: BLE001 - load_model below reports unreadable files clearly
             prompt = None
         prompt = prompt or "box"

@@ -157,8 +157,9 @@ def _set_rng_state(state: dict) -> None:
         torch.set_rng_state(state["torch"])
     if "numpy" in state:
         n = state["numpy"]
-        np.random.set_state(("MT19937",  # noqa: NPY002 n["keys"].numpy().astype(np.uint32), n["pos"],
-                             n["has_gauss"], n["cached_gaussian"]))
+        keys = n["keys"].numpy().astype(np.uint32)
+        legacy = ("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"])
+        np.random.set_state(legacy)  # noqa: NPY002 - restoring the legacy global state
     if "python" in state:
         p = state["python"]
         random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
@@ -442,6 +443,7 @@ def train(cfg: TrainConfig) -> dict:
             loader = torch.utils.data.DataLoader(
                 train_ds, batch_size=cfg.batch_size, sampler=keys, collate_fn=_collate,
                 num_workers=cfg.num_workers, drop_last=False,
+                pin_memory=device.type == "cuda",
                 persistent_workers=False)
             bar = tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch,
                        desc=f"epoch {epoch}", unit="step", disable=not is_main or cfg.quiet,
