@@ -117,6 +117,9 @@ def _pre_cases() -> list[Case]:
         Case((33, 17), 300, 2, "f", np.uint8, z0=100, n=150),
         Case((64, 64), 1, 2, "strided", np.float32),
         Case((64, 64), 1, 0, "c", np.int16),
+        Case((21, 34), 40, 2, "revz", np.int16, z0=3, n=35),
+        Case((21, 34), 40, 2, "revz", np.float32, "window", (-150.0, 400.0), np.float16),
+        Case((300, 120), 20, 2, "c", np.uint16, out_dtype=np.float16),
     ]
     return cases
 
@@ -143,6 +146,7 @@ def _post_cases() -> list[Case]:
         Case((9, 13), 300, 0, "negative", out_dtype=np.float16),
         Case((40, 30), 300, 1, "f", z0=100, n=150),
         Case((512, 512), 4, 2, "transposed"),
+        Case((21, 34), 40, 2, "revz", z0=3, n=35),
     ]
     return cases
 
@@ -176,6 +180,9 @@ def make_view(case: Case, make):
     if case.view == "strided":
         base = make((shape[0] * 2, shape[1], shape[2] * 3))
         return base, base[::2, :, ::3]
+    if case.view == "revz":  # the contiguous last axis reversed (stride -1)
+        base = make(shape)
+        return base, base[:, :, ::-1]
     if case.view == "negative":
         base = make((shape[0], shape[1] * 2, shape[2]))
         return base, base[::-1, ::-2, :]

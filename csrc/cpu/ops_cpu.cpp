@@ -174,24 +174,35 @@ void to_u8_group(const PreprocessParams& p, int64_t g0, int64_t G, uint8_t* u8,
   {  // min/max: slice-minmax offsets, integer lookup-table ranges, NaN/Inf detection
     bool bad = false;
     if (slice_inner) {
+      // the G slices of one (row, column) are adjacent: min/max lanes across slices (SIMD)
+      std::vector<T> lo(G), hi(G);
+      const T* first = src_at(0, 0, 0);
+      for (int64_t s = 0; s < G; ++s) lo[s] = hi[s] = first[s * r.s_slice];
+      bool nan = false;
       for (int64_t h = 0; h < r.H; ++h)
-        for (int64_t w0 = 0; w0 < r.W; w0 += kTile) {
-          const int64_t w1 = std::min(r.W, w0 + kTile);
-          for (int64_t s = 0; s < G; ++s) {
-            const T* src = src_at(s, h, 0);
-            T lo = src[w0 * r.s_w], hi = lo;
-            bool nan = false;
-            for (int64_t w = w0; w < w1; ++w) {
-              const T v = src[w * r.s_w];
+        for (int64_t w = 0; w < r.W; ++w) {
+          const T* src = src_at(0, h, w);
+          if (r.s_slice == 1) {
+            for (int64_t s = 0; s < G; ++s) {
+              const T v = src[s];
               if constexpr (!is_int) nan |= !(v == v);
-              lo = v < lo ? v : lo;
-              hi = v > hi ? v : hi;
+              lo[s] = v < lo[s] ? v : lo[s];
+              hi[s] = v > hi[s] ? v : hi[s];
             }
-            if constexpr (!is_int) bad |= nan || !std::isfinite((double)lo) || !std::isfinite((double)hi);
-            mn[s] = std::min(mn[s], (double)lo);
-            mx[s] = std::max(mx[s], (double)hi);
+          } else {
+            for (int64_t s = 0; s < G; ++s) {
+              const T v = src[s * r.s_slice];
+              if constexpr (!is_int) nan |= !(v == v);
+              lo[s] = v < lo[s] ? v : lo[s];
+              hi[s] = v > hi[s] ? v : hi[s];
+            }
           }
         }
+      for (int64_t s = 0; s < G; ++s) {
+        if constexpr (!is_int) bad |= nan || !std::isfinite((double)lo[s]) || !std::isfinite((double)hi[s]);
+        mn[s] = (double)lo[s];
+        mx[s] = (double)hi[s];
+      }
     } else {
       sweep_lines(r, G, [&](int64_t s, int64_t h, int64_t w, int inner, int64_t len,
                             int64_t st) {
