@@ -108,7 +108,7 @@ def make_backend(
     """Build a backend by name.
 
     - ``"torch"``: ``model`` (an nn.Module) or ``checkpoint`` (+ optional ``variant``); options:
-      ``cuda_graphs`` (default True on CUDA).
+      ``cuda_graphs`` (default True on CUDA), ``compile`` (torch.compile, default False).
     - ``"onnxruntime"``: ``onnx_path``; options: ``threads`` (intra-op), ``provider``
       ("auto" | "cpu" | "cuda" | "tensorrt").
     - ``"tensorrt"``: ``engine_path`` (device must be CUDA, precision is the engine's).

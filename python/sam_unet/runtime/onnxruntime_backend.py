@@ -104,6 +104,8 @@ class OnnxRuntimeBackend:
         self.threads = threads
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
+    input_dtype = torch.float32  # the graph's inputs
+
     def run(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         check_inputs(images, boxes)
         fn = self._run_cpu if self.device == "cpu" else self._run_cuda

@@ -65,6 +65,10 @@ class TensorRTBackend:
         self._stream = torch.cuda.Stream(device=dev)
         self._contexts: dict[int, object] = {}
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return self._dtypes["images"]
+
     def describe(self) -> str:
         spec = self._loaded.spec
         return (
@@ -75,7 +79,8 @@ class TensorRTBackend:
 
     def run(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         check_inputs(images, boxes)
-        return run_in_chunks(self._run_batch, images, boxes, self.max_batch)
+        with torch.cuda.device(self._index):
+            return run_in_chunks(self._run_batch, images, boxes, self.max_batch)
 
     def _context(self, profile_index: int):
         ctx = self._contexts.get(profile_index)

@@ -29,6 +29,7 @@ class TorchBackend:
         max_batch: int = 32,
         cuda_graphs: bool | None = None,
         copy_model: bool = True,
+        compile: bool = False,
     ) -> None:
         if precision not in DTYPES:
             raise ValueError(f"precision {precision!r}: must be one of {tuple(DTYPES)}")
@@ -45,12 +46,21 @@ class TorchBackend:
             model = copy.deepcopy(model)
         self.model = model.eval().to(device=dev, dtype=self.dtype)
         self.variant = getattr(model, "variant", None)
+        self.compiled = bool(compile)
+        if self.compiled:
+            # Compiled on the first call (inside the warm-up of the first graph capture on CUDA).
+            self.model = torch.compile(self.model, dynamic=False)
         self.cuda_graphs = bool(dev.type == "cuda" if cuda_graphs is None else cuda_graphs)
         if self.cuda_graphs and dev.type != "cuda":
             raise ValueError("cuda_graphs=True needs a CUDA device")
         self._graphs: dict[int, tuple] = {}
         self._pool = None
         self._graph_error: str | None = None
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype the model computes in: images in it avoid a cast."""
+        return self.dtype
 
     # -- protocol -----------------------------------------------------------------------------
 
@@ -64,9 +74,10 @@ class TorchBackend:
             graphs = f", CUDA graphs for batch sizes {sorted(self._graphs)}"
         elif self._graph_error:
             graphs = f", CUDA graphs off ({self._graph_error})"
+        compiled = ", torch.compile" if self.compiled else ""
         return (
             f"torch {torch.__version__}: {self.variant or 'model'} {self.precision} on "
-            f"{self.device}, max batch {self.max_batch}{graphs}"
+            f"{self.device}, max batch {self.max_batch}{compiled}{graphs}"
         )
 
     # -- internals ----------------------------------------------------------------------------
