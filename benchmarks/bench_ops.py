@@ -66,7 +66,9 @@ def make_volume(shape, dtype, layout: str, seed: int = 0) -> tuple[np.ndarray, i
 def pil_preprocess(vol: np.ndarray, n: int, out: np.ndarray, axis: int) -> None:
     """Per-slice path of the published code: to uint8, PIL resize, normalise, pad."""
     for k in range(n):
-        u8 = transforms.to_uint8(np.take(vol, k, axis=axis))
+        index = [slice(None)] * 3
+        index[axis] = k
+        u8 = transforms.to_uint8(vol[tuple(index)])
         h2, w2 = transforms.resized_shape(*u8.shape)
         img = np.asarray(Image.fromarray(u8).resize((w2, h2), Image.BILINEAR))
         out[k] = transforms.normalize_pad(img, out.dtype)

@@ -424,8 +424,16 @@ struct Composed {
 
 template <typename LT>
 void postprocess_typed(const PostprocessParams& p) {
-  const SliceRun& r = p.run;
+  SliceRun r = p.run;
   if (r.n == 0) return;
+  // Rows are computed one at a time and written along the column axis: when the rows (H) are
+  // the contiguous axis instead, work on the transposed problem (maps and sizes transposed).
+  const bool transpose = r.H > 1 && r.W > 1 &&
+                         (r.s_h < 0 ? -r.s_h : r.s_h) < (r.s_w < 0 ? -r.s_w : r.s_w);
+  if (transpose) {
+    std::swap(r.H, r.W);
+    std::swap(r.s_h, r.s_w);
+  }
   const LT* logits = static_cast<const LT*>(p.logits);
   uint8_t* base = static_cast<uint8_t*>(p.out.data) + r.z0 * r.s_slice;
   const int64_t G = group_size(r, 1);
@@ -444,13 +452,15 @@ void postprocess_typed(const PostprocessParams& p) {
       cy.clear();
       cx.clear();
       for (int64_t s = 0; s < gn; ++s) {
-        const int32_t h2 = p.resized_hw[2 * (g0 + s)], w2 = p.resized_hw[2 * (g0 + s) + 1];
+        int32_t h2 = p.resized_hw[2 * (g0 + s)], w2 = p.resized_hw[2 * (g0 + s) + 1];
+        if (transpose) std::swap(h2, w2);
         cy.emplace_back(h2, r.H);
         cx.emplace_back(w2, r.W);
         const LT* src = logits + (g0 + s) * map;
         for (int64_t i = 0; i < map; ++i) {
-          if constexpr (std::is_same_v<LT, float>) L[s * map + i] = src[i];
-          else L[s * map + i] = half_bits_to_float(src[i]);
+          const int64_t j = transpose ? (i % kLogitSize) * kLogitSize + i / kLogitSize : i;
+          if constexpr (std::is_same_v<LT, float>) L[s * map + j] = src[i];
+          else L[s * map + j] = half_bits_to_float(src[i]);
         }
       }
       for (int64_t h = 0; h < r.H; ++h) {

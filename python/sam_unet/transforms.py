@@ -215,7 +215,7 @@ def _resample_axis0(img: np.ndarray, out_size: int) -> np.ndarray:
     ksize = coeffs.shape[1]
     idx = np.minimum(bounds[:, :1] + np.arange(ksize)[None, :], in_size - 1)  # (out, k)
     acc = np.full((out_size, img.shape[1]), 1 << (_PRECISION_BITS - 1), np.int64)
-    src = img.astype(np.int64)
+    src = np.ascontiguousarray(img, dtype=np.int64)
     for k in range(ksize):
         acc += src[idx[:, k], :] * coeffs[:, k : k + 1]
     return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
@@ -300,9 +300,9 @@ def preprocess_slices(
     out = np.empty((n, 3, IMAGE_SIZE, IMAGE_SIZE), np.dtype(dtype))
     sizes = np.empty((n, 2), np.int32)
     for i in range(n):
-        image, shape = preprocess_slice(
-            np.take(vol, z0 + i, axis=ax), mode=mode, window=window, dtype=dtype
-        )
+        index = [slice(None)] * 3
+        index[ax] = z0 + i  # a view (np.take would copy, slowly for Fortran-ordered volumes)
+        image, shape = preprocess_slice(vol[tuple(index)], mode=mode, window=window, dtype=dtype)
         out[i] = image
         sizes[i] = shape
     return out, sizes
