@@ -113,6 +113,7 @@ def test_torch_tensors_and_stream(permute: bool) -> None:
     ref, ref_sizes = transforms.preprocess_slices(vol.numpy(), 1, 4, axis=-1, dtype=np.float16)
     out = torch.full((4, 3, 256, 256), float("nan"), dtype=torch.float16, device="cuda")
     stream = torch.cuda.Stream()
+    torch.cuda.synchronize()  # inputs were written on the default stream
     with torch.cuda.stream(stream):  # default stream argument: the current torch stream
         sizes = ops.preprocess(dvol, out, z0=1, n=4)
     stream.synchronize()
@@ -121,6 +122,7 @@ def test_torch_tensors_and_stream(permute: bool) -> None:
 
     logits = torch.randn(4, 1, 64, 64, device="cuda")
     mask = torch.full(tuple(dvol.shape), 7, dtype=torch.uint8, device="cuda")
+    torch.cuda.synchronize()
     ops.postprocess(logits, mask, z0=1, n=4, resized_hw=sizes[0], stream=stream.cuda_stream)
     stream.synchronize()
     H, W = dvol.shape[0], dvol.shape[1]
