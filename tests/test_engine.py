@@ -29,13 +29,19 @@ class CountingBackend:
         return self.inner.run(images, boxes)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny batches: threading overhead dominates, and CI's 2 cores are shared by the suite
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = build_model("tiny").eval()
-    # A random model outputs logits near 0 everywhere; push the output bias so that the
-    # masks have both classes and flips are meaningful.
-    return m
+    return build_model("tiny").eval()
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +71,7 @@ def reference_segment(model, vol, axis, *, window=None, normalize="slice-minmax"
     return out, logits_all
 
 
-def _volume(dtype, shape=(23, 17, 5), seed=0):
+def _volume(dtype, shape=(23, 17, 3), seed=0):
     rng = np.random.default_rng(seed)
     base = rng.normal(100, 40, size=shape)
     # a bright blob so slices have structure
@@ -95,7 +101,7 @@ def test_dtypes_match_reference(engine, model, dtype):
 
 @pytest.mark.parametrize("axis", [0, 1, 2, -1, -3])
 def test_each_axis(engine, model, axis):
-    vol = _volume(np.int16, shape=(9, 14, 11))
+    vol = _volume(np.int16, shape=(5, 7, 6))
     got = engine.segment(vol, axis=axis)
     ref, _ = reference_segment(model, vol, axis)
     assert _agree(got, ref) > 0.999
@@ -103,7 +109,7 @@ def test_each_axis(engine, model, axis):
 
 @pytest.mark.parametrize("view", ["transposed", "step", "negative", "fortran"])
 def test_strided_views(engine, model, view):
-    base = _volume(np.float32, shape=(30, 26, 12))
+    base = _volume(np.float32, shape=(12, 10, 6))
     vol = {"transposed": base.transpose(2, 0, 1), "step": base[::2, 1::2, ::3],
            "negative": base[::-1, :, ::-2], "fortran": np.asfortranarray(base)}[view]
     got = engine.segment(vol)
@@ -128,9 +134,9 @@ def test_window_modes(engine, model):
 
 
 def test_batch_size_does_not_change_result(engine):
-    vol = _volume(np.int16, shape=(20, 20, 9))
+    vol = _volume(np.int16, shape=(20, 20, 5))
     a = engine.segment(vol, batch_size=1)
-    b = engine.segment(vol, batch_size=4)
+    b = engine.segment(vol, batch_size=3)
     c = engine.segment(vol, batch_size=64)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, c)

@@ -68,13 +68,17 @@ class RelPosAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rel_pos_h = nn.Parameter(torch.zeros(2 * self.input_size[0] - 1, self.head_dim))
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * self.input_size[1] - 1, self.head_dim))
+        # Gather indices live on the module's device: building them per call would copy
+        # host -> device inside the forward, which CUDA graph capture forbids.
+        self.register_buffer("index_h", relative_index(self.input_size[0]), persistent=False)
+        self.register_buffer("index_w", relative_index(self.input_size[1]), persistent=False)
 
     def _tables(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Relative-position tables gathered for an (h, w) grid: (h, h, hd) and (w, w, hd)."""
         if 2 * h - 1 != self.rel_pos_h.shape[0] or 2 * w - 1 != self.rel_pos_w.shape[0]:
             raise ValueError(f"attention sized for a {self.input_size} grid got a ({h}, {w}) grid")
-        rh = self.rel_pos_h[relative_index(h).to(self.rel_pos_h.device)]
-        rw = self.rel_pos_w[relative_index(w).to(self.rel_pos_w.device)]
+        rh = self.rel_pos_h[self.index_h]
+        rw = self.rel_pos_w[self.index_w]
         return rh, rw
 
     def rel_pos_bias(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -40,7 +40,7 @@ def segment_file(in_path: str | Path, out_path: str | Path, engine: Any, **segme
         mask = engine.segment(vol.data, **segment_kwargs)
     except ValueError as exc:
         raise ValueError(f"{in_path}: {exc}") from exc
-    save_label_nifti(out_path, vol.to_original(mask), like=vol)
+    save_label_nifti(out_path, mask, like=vol)  # puts the mask back in the file's voxel order
     return out_path
 
 

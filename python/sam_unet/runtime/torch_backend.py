@@ -84,7 +84,9 @@ class TorchBackend:
 
     def _prepare(self, images: torch.Tensor, boxes: torch.Tensor):
         x = images.to(device=self.device, dtype=self.dtype, non_blocking=True)
-        b = boxes.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        # Boxes stay float32: fp16 would round coordinates near 256 to 1/8 pixel; the prompt
+        # encoder computes its Fourier features in float32 anyway.
+        b = boxes.to(device=self.device, dtype=torch.float32, non_blocking=True)
         return x, b
 
     def _run_batch(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -109,7 +111,8 @@ class TorchBackend:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         sx = torch.zeros(n, 3, 256, 256, device=dev, dtype=self.dtype)
-        sb = torch.tensor([[64.0, 64.0, 192.0, 192.0]], device=dev, dtype=self.dtype).repeat(n, 1)
+        sb = torch.tensor([[64.0, 64.0, 192.0, 192.0]], device=dev,
+                          dtype=torch.float32).repeat(n, 1)
         side = torch.cuda.Stream(device=dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.no_grad(), torch.cuda.stream(side):
