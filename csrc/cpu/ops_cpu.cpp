@@ -128,7 +128,7 @@ struct Taps {
 int64_t group_size(const SliceRun& r, int itemsize) {
   int64_t a = r.s_slice < 0 ? -r.s_slice : r.s_slice;
   int64_t b = std::min(r.s_h < 0 ? -r.s_h : r.s_h, r.s_w < 0 ? -r.s_w : r.s_w);
-  if (a <= b) return std::max<int64_t>(1, std::min<int64_t>(64 / itemsize, 32));
+  if (a <= b) return std::max<int64_t>(1, 64 / itemsize);  // a whole cache line per group
   return 1;
 }
 
@@ -441,14 +441,22 @@ void postprocess_typed(const PostprocessParams& p) {
   const int64_t map = (int64_t)kLogitSize * kLogitSize;
   const bool slice_inner = (r.s_slice < 0 ? -r.s_slice : r.s_slice) <
                            (r.s_w < 0 ? -r.s_w : r.s_w);
+  const int64_t bands = std::max<int64_t>(1, std::min<int64_t>(r.H / 8, 16 / std::max<int64_t>(1, groups)));
 #pragma omp parallel
   {
     std::vector<float> L(G * map);
     std::vector<uint8_t> rowbuf(G * r.W);
     std::vector<Composed> cy, cx;
+    int64_t loaded = -1;  // the group whose maps and tables this thread holds
+    // tasks: (group, band of rows), so few groups still spread over the threads; different
+    // rows never share an output cache line when the slice axis is the contiguous one
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t task = 0; task < groups * bands; ++task) {
+      const int64_t g = task / bands, band = task % bands;
       const int64_t g0 = g * G, gn = std::min(G, r.n - g0);
+      const int64_t h_begin = r.H * band / bands, h_end = r.H * (band + 1) / bands;
+      if (loaded != g) {
+      loaded = g;
       cy.clear();
       cx.clear();
       for (int64_t s = 0; s < gn; ++s) {
@@ -463,7 +471,8 @@ void postprocess_typed(const PostprocessParams& p) {
           else L[s * map + j] = half_bits_to_float(src[i]);
         }
       }
-      for (int64_t h = 0; h < r.H; ++h) {
+      }
+      for (int64_t h = h_begin; h < h_end; ++h) {
         for (int64_t s = 0; s < gn; ++s) {
           const int* iy = &cy[s].idx[4 * h];
           const float* wy = &cy[s].wt[4 * h];
