@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from sam_unet.data.mni152 import WM_LABEL_THRESHOLD
     from sam_unet.data.mni152 import paths as mni_paths
     from sam_unet.runtime.engine import Engine, _resolve_device, _tensorrt_available
     from sam_unet.runtime.files import segment_file
@@ -110,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     segment_file(t1_path, mask_path, engine)
     stats = engine.last_stats
     mask = np.asarray(nib.load(str(mask_path)).dataobj)
-    wm = np.asarray(nib.load(str(wm_path)).dataobj) > 0.5
+    # the map stores probability x 255 as uint8: p > 0.5 is a stored value > 127.5
+    wm = np.asarray(nib.load(str(wm_path)).dataobj, dtype=np.float32) > WM_LABEL_THRESHOLD
     dice = _dice(mask, wm)
     png = out / "mni152_t1_wm_montage.png"
     write_montage(t1_path, mask_path, png)
