@@ -364,6 +364,8 @@ def train(cfg: TrainConfig) -> dict:
                            (rng[0] if isinstance(rng, list) and rng else {}))
             log(f"resumed from {resume}: epoch {epoch}, step {step}, best Dice {best:.4f}")
 
+        # Decided on every rank before any checkpoint of this run is written (no file races).
+        have_best = bool(resume) and (out / "best.pt").exists()
         max_steps = cfg.max_steps if cfg.max_steps is not None else steps_per_epoch * cfg.epochs
         max_steps = min(max_steps, steps_per_epoch * cfg.epochs)
         train_csv = _CsvLog(out / "train_log.csv",
@@ -489,6 +491,7 @@ def train(cfg: TrainConfig) -> dict:
                     if val_result is not None and val_result["dice"] > best:
                         best = val_result["dice"]
                         save(out / "best.pt", train_state())
+                        have_best = True
                 save(out / "last.pt", train_state())
             if step >= max_steps:
                 done = True
@@ -496,7 +499,7 @@ def train(cfg: TrainConfig) -> dict:
             # stopped inside an epoch (max_steps): save where we are so --resume continues
             ts = train_state()
             save(out / "last.pt", ts)
-        if val_ds is not None and not (out / "best.pt").exists():
+        if val_ds is not None and not have_best:
             val_result = validate()
             if val_result is not None:
                 best = max(best, val_result["dice"])
