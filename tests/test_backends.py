@@ -179,3 +179,18 @@ def test_onnxruntime_cuda_io_binding(tiny):
     with torch.inference_mode():
         ref = model(images, boxes)
     assert _rel(got.cpu(), ref) <= 1e-3
+
+
+def test_compile_cache_dir_is_persistent(tmp_path, monkeypatch):
+    from sam_unet.runtime.torch_backend import compile_cache_dir, enable_compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert compile_cache_dir() == str(tmp_path / ".cache" / "sam_unet" / "inductor")
+    path = enable_compile_cache()
+    assert (tmp_path / ".cache" / "sam_unet" / "inductor").is_dir()
+    import os
+
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == path
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compile_cache_dir() == str(tmp_path / "mine")

@@ -8,6 +8,7 @@ smallest captured size that holds it, so a volume's short last slab reuses the m
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 
 import torch
@@ -15,6 +16,28 @@ import torch
 from sam_unet.runtime.backends import check_inputs, run_in_chunks
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def compile_cache_dir() -> str:
+    """Where torch.compile keeps its artefacts between runs: $TORCHINDUCTOR_CACHE_DIR, else
+    ~/.cache/sam_unet/inductor (inductor's own default is a per-boot /tmp folder)."""
+    return os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "sam_unet", "inductor")
+
+
+def enable_compile_cache() -> str:
+    """Persist inductor's FX-graph and autotuning caches across processes; returns the folder."""
+    path = compile_cache_dir()
+    os.makedirs(path, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", path)
+    try:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = True
+        inductor_config.autotune_local_cache = True
+    except (ImportError, AttributeError):  # older torch: the env var alone still applies
+        pass
+    return path
 
 
 class TorchBackend:
@@ -48,6 +71,7 @@ class TorchBackend:
         self.variant = getattr(model, "variant", None)
         self.compiled = bool(compile)
         if self.compiled:
+            enable_compile_cache()
             # Compiled on the first call (inside the warm-up of the first graph capture on CUDA).
             self.model = torch.compile(self.model, dynamic=False)
         self.cuda_graphs = bool(dev.type == "cuda" if cuda_graphs is None else cuda_graphs)
