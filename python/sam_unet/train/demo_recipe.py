@@ -29,9 +29,9 @@ DEMO_RECIPE = {
     "test_slices": "every:5",
     "batch_size": 2,
     "masks_per_image": 1,
-    "epochs": 12,
+    "epochs": 16,
     "lr": 1.5e-3,
-    "milestones": (8, 11),
+    "milestones": (5, 13),
     "gamma": 0.3,
     "augment": "hflip",
 }
