@@ -19,9 +19,18 @@ def flops_per_slice(model: Any, *, device: str = "cpu") -> float:
 
     images = torch.zeros(1, 3, 256, 256, device=device)
     boxes = torch.tensor([[10.0, 10.0, 200.0, 200.0]], device=device)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(images, boxes)
+    # Parameters are detached instead of using no_grad: FlopCounterMode's module tracker hooks
+    # choke on views of grad-requiring parameters made under no_grad.
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(images, boxes)
+    finally:
+        for p, f in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(f)
     return float(counter.get_total_flops())
 
 
