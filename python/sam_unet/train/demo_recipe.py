@@ -29,7 +29,7 @@ DEMO_RECIPE = {
     "test_slices": "every:5",
     "batch_size": 2,
     "masks_per_image": 1,
-    "epochs": 16,
+    "epochs": 20,
     "lr": 1.5e-3,
     "milestones": (5, 13),
     "gamma": 0.3,
