@@ -114,3 +114,30 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="shape"):
         save_label_nifti(tmp_path / "o2.nii", np.ones((3, 4, 4), np.uint8), vol)
     assert sorted(os.listdir(tmp_path)) == ["in.nii.gz", "out.nii.gz"]
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    """mkstemp makes 0600 files; outputs must get the usual umask-derived mode."""
+    import os
+
+    from sam_unet.atomic import write_text_atomic
+
+    umask = os.umask(0o022)
+    try:
+        p = write_text_atomic(tmp_path / "a.json", "{}")
+        assert (p.stat().st_mode & 0o777) == 0o644
+        assert [x.name for x in tmp_path.iterdir()] == ["a.json"]
+    finally:
+        os.umask(umask)
+
+
+def test_atomic_failure_keeps_previous_file(tmp_path):
+    from sam_unet.atomic import atomic_path
+
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="boom"), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert target.read_bytes() == b"old"
+    assert [x.name for x in tmp_path.iterdir()] == ["out.bin"]

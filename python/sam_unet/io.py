@@ -9,11 +9,12 @@ uint8 label volume back with the input's affine and a header fit for labels, ato
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from sam_unet.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -277,24 +278,12 @@ def save_label_nifti(
     if not parent.is_dir():
         raise FileNotFoundError(f"{path}: output folder {parent} does not exist")
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        nib.save(img, str(tmp))
-        try:
+        with atomic_path(path, suffix=f".tmp{suffix}") as tmp:
+            nib.save(img, str(tmp))
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-        except OSError:
-            pass
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError | ValueError | RuntimeError):
-            raise NiftiError(f"{path}: cannot write label NIfTI ({type(exc).__name__}: {exc})") \
-                from exc
-        raise
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise NiftiError(f"{path}: cannot write label NIfTI ({type(exc).__name__}: {exc})") \
+            from exc
     return path

@@ -87,16 +87,9 @@ def read_test_json(path: str | os.PathLike) -> dict[str, str]:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from sam_unet.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 _SUFFIX_NUM = re.compile(r"_\d+$")

@@ -215,15 +215,10 @@ def _torchscript_available() -> bool:
 def _atomic_save(model_proto, path: Path) -> None:
     import onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model_proto, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from sam_unet.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        onnx.save(model_proto, str(tmp))
 
 
 _DECLARED = {"images": (3, 256, 256), "boxes": (4,), "logits": (1, 64, 64)}

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,15 +241,9 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
 
 
 def _atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from sam_unet.atomic import write_bytes_atomic
+
+    write_bytes_atomic(path, data)
 
 
 def write_sidecar(engine_path: str | os.PathLike, spec: EngineSpec, **extra: Any) -> Path:
