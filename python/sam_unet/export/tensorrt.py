@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sam_unet.export.onnx import sha256_file  # noqa: F401 - re-exported
+
 INSTALL_HINT = 'pip install tensorrt   (or: pip install "sam-unet[trt]")'
 SIDECAR_FORMAT = 1
 ENGINE_CACHE_ENV = "SAM_UNET_ENGINE_CACHE"
@@ -225,14 +227,6 @@ class EngineSpec:
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"engine sidecar is missing or has a bad field: {exc}") from exc
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sidecar_path(engine_path: str | os.PathLike) -> Path:
