@@ -279,3 +279,15 @@ def random_logits(n: int, dtype, seed: int = 0) -> np.ndarray:
     lg = rng.normal(0.0, 4.0, (n, 1, 64, 64))
     lg[:, :, ::7, ::5] = 0.0  # exact zeros: threshold is strictly > 0
     return lg.astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op torch thread for a module: small CPU batches are overhead-bound, and on a
+    shared 2-core machine two OpenMP threads per process thrash."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -24,13 +24,7 @@ from sam_unet.models import VARIANTS, build_model, variant_config
 ENC = "image_encoder.sam_img_encoder."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core box, 2 OpenMP threads per process thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

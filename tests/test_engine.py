@@ -29,13 +29,7 @@ class CountingBackend:
         return self.inner.run(images, boxes)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny batches: threading overhead dominates, and CI's 2 cores are shared by the suite
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +199,8 @@ def test_bad_volumes(engine, volume, message):
         ({"boxes": {1: (0, 0, 30, 3)}}, "outside the slice"),
         ({"boxes": np.zeros((3, 4))}, "per-slice boxes have 3 rows"),
         ({"window": (5, 1)}, "lo < hi"),
-        ({"normalize": "window"}, "needs window"),
-        ({"normalize": "zscore"}, "normalize must be one of"),
+        ({"normalize": "window"}, "requires window"),
+        ({"normalize": "zscore"}, "mode must be one of"),
         ({"axis": 3}, "axis"),
     ],
 )

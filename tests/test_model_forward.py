@@ -15,13 +15,7 @@ BOXES = torch.tensor(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core box, 2 OpenMP threads per process thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

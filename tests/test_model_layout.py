@@ -11,13 +11,7 @@ from sam_unet.models import SamUNetConfig, build_model, variant_config, variant_
 COUNTS = {"res34": (116_019_884, 29_347_244), "res50": (138_428_204, 51_755_564)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core box, 2 OpenMP threads per process thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module", params=["res34", "res50"])

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from sam_unet._native import native
-from sam_unet.transforms import NORMALIZE_MODES, resized_shape
+from sam_unet.transforms import check_window, resized_shape
 
 __all__ = ["postprocess", "preprocess", "resized_shape", "scale_boxes"]
 
@@ -54,21 +54,6 @@ def _default_stream(*arrays: ArrayLike) -> int:
     return 0
 
 
-def _check_mode(mode: str, window: Sequence[float] | None) -> tuple[float, float] | None:
-    if mode not in NORMALIZE_MODES:
-        raise ValueError(f"mode must be one of {NORMALIZE_MODES}, got {mode!r}")
-    if window is None:
-        if mode == "window":
-            raise ValueError("mode 'window' requires window=(lo, hi)")
-        return None
-    if len(window) != 2:
-        raise ValueError(f"window must be (lo, hi), got {window!r}")
-    lo, hi = float(window[0]), float(window[1])
-    if not lo < hi:
-        raise ValueError(f"window must have lo < hi, got lo={lo} hi={hi}")
-    return lo, hi
-
-
 def preprocess(
     volume: ArrayLike,
     out: ArrayLike,
@@ -100,7 +85,7 @@ def preprocess(
         ValueError: bad shapes, dtypes, ranges, window, or NaN/Inf intensities (CPU only).
         RuntimeError: a CUDA array without a CUDA build or a visible device.
     """
-    win = _check_mode(mode, window)
+    win = check_window(mode, window)
     vol = _host_view(volume, "volume")
     dst = _host_view(out, "out", writable=True)
     if stream is None:

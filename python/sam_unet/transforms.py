@@ -92,7 +92,9 @@ def _check_finite(array: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} contains NaN or Inf intensities")
 
 
-def _check_window(mode: str, window: Sequence[float] | None) -> tuple[float, float] | None:
+def check_window(mode: str, window: Sequence[float] | None) -> tuple[float, float] | None:
+    """Validate a normalisation mode and optional (lo, hi) window; returns the window as floats
+    or None. ValueError names the problem."""
     if mode not in NORMALIZE_MODES:
         raise ValueError(f"mode must be one of {NORMALIZE_MODES}, got {mode!r}")
     if window is None:
@@ -153,7 +155,7 @@ def to_uint8(
         raise ValueError(f"image has an empty axis: shape {img.shape}")
     _check_dtype(img, "image")
     _check_finite(img, "image")
-    win = _check_window(mode, window)
+    win = check_window(mode, window)
     x = img.astype(np.float64)
     if win is not None:
         x = np.clip(x, win[0], win[1])
@@ -296,7 +298,7 @@ def preprocess_slices(
     vol = check_volume(volume)
     ax = _norm_axis(axis)
     _check_range(z0, n, vol.shape[ax], "volume")
-    _check_window(mode, window)
+    check_window(mode, window)
     out = np.empty((n, 3, IMAGE_SIZE, IMAGE_SIZE), np.dtype(dtype))
     sizes = np.empty((n, 2), np.int32)
     for i in range(n):

@@ -22,7 +22,7 @@ import numpy as np
 
 from sam_unet.runtime.prompts import SlicePlan, plan_slices
 from sam_unet.runtime.volumes import as_volume, empty_mask_like, to_caller_kind
-from sam_unet.transforms import NORMALIZE_MODES, resized_shape
+from sam_unet.transforms import check_window, resized_shape
 
 
 @dataclass
@@ -38,19 +38,6 @@ class SegmentStats:
     @property
     def slices_per_second(self) -> float:
         return self.slices / self.seconds if self.seconds > 0 else float("nan")
-
-
-def _check_window(window: Any, normalize: str) -> tuple[float, float] | None:
-    if normalize not in NORMALIZE_MODES:
-        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
-    if window is None:
-        if normalize == "window":
-            raise ValueError("normalize='window' needs window=(lo, hi)")
-        return None
-    lo, hi = (float(v) for v in window)
-    if not (np.isfinite(lo) and np.isfinite(hi)) or lo >= hi:
-        raise ValueError(f"window must be finite with lo < hi, got ({lo}, {hi})")
-    return lo, hi
 
 
 def _batches(plan: SlicePlan, batch: int) -> list[list[tuple[int, int, int]]]:
@@ -186,7 +173,7 @@ class Engine:
         Returns a uint8 {0, 1} mask of the volume's shape, of the same array kind and device.
         """
         view = as_volume(volume)
-        win = _check_window(window, normalize)
+        win = check_window(normalize, window)
         if axis < -3 or axis > 2:
             raise ValueError(f"axis must be in [-3, 2] for a 3D volume, got {axis}")
         axis = axis % 3
