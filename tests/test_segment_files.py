@@ -223,8 +223,11 @@ def test_mni_torch_and_onnxruntime_agree(tmp_path):
     b = eng_ort.segment(vol)
     assert a.shape == vol.shape
     # same function in fp32: only voxels whose logit is ~0 may flip
-    assert np.mean(a != b) < 1e-4
+    mismatch = float(np.mean(a != b))
+    print(f"\ntorch vs onnxruntime mask mismatch on MNI152: {mismatch:.2e} of voxels")
+    assert mismatch < 1e-4
     wm_mask = np.asarray(nib.as_closest_canonical(nib.load(str(wm))).dataobj,
                          dtype=np.float32) > WM_LABEL_THRESHOLD
     dice = 2 * np.logical_and(a, wm_mask).sum() / (a.sum() + wm_mask.sum())
+    print(f"white-matter 3D Dice (demo model, all slices): {dice:.4f}")
     assert dice >= 0.90
