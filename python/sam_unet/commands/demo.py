@@ -47,11 +47,12 @@ def write_montage(t1_path: Path, mask_path: Path, png_path: Path, *, rows: int =
     mask = np.asarray(nib.as_closest_canonical(nib.load(str(mask_path))).dataobj)
     nz = np.flatnonzero(t1.reshape(-1, t1.shape[2]).max(axis=0) > 0)
     ks = np.linspace(nz[0] + 0.15 * len(nz), nz[-1] - 0.15 * len(nz), rows * cols).astype(int)
+    red = matplotlib.colors.ListedColormap(["#ff2a2a"])
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.4 * rows), facecolor="black")
     for ax, k in zip(axes.ravel(), ks, strict=True):
         ax.imshow(np.rot90(t1[:, :, k]), cmap="gray", interpolation="nearest")
         overlay = np.ma.masked_where(np.rot90(mask[:, :, k]) == 0, np.rot90(mask[:, :, k]))
-        ax.imshow(overlay, cmap="autumn", alpha=0.45, interpolation="nearest", vmin=0, vmax=1)
+        ax.imshow(overlay, cmap=red, alpha=0.5, interpolation="nearest", vmin=0, vmax=1)
         ax.set_title(f"z={k}", color="white", fontsize=9)
         ax.axis("off")
     fig.suptitle("sam-unet demo: white matter on MNI152 T1", color="white")
