@@ -360,7 +360,9 @@ def export_onnx(
 # parity
 
 
-def ort_session(path: str | os.PathLike, *, threads: int | None = None, providers=None):
+def session_options(threads: int | None = None):
+    """ONNX Runtime session options: all graph optimisations, optional intra-op thread count,
+    one inter-op thread, warnings off."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -369,6 +371,13 @@ def ort_session(path: str | os.PathLike, *, threads: int | None = None, provider
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    return so
+
+
+def ort_session(path: str | os.PathLike, *, threads: int | None = None, providers=None):
+    import onnxruntime as ort
+
+    so = session_options(threads)
     return ort.InferenceSession(
         str(path), sess_options=so, providers=providers or ["CPUExecutionProvider"]
     )

@@ -87,12 +87,9 @@ class OnnxRuntimeBackend:
             precision=precision,
             device_id=self._device_id,
         )
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
-        so.log_severity_level = 3
+        from sam_unet.export.onnx import session_options
+
+        so = session_options(threads)
         self.session = ort.InferenceSession(self.onnx_path, sess_options=so, providers=providers)
         names = {i.name for i in self.session.get_inputs()}
         if names != {"images", "boxes"}:
