@@ -14,6 +14,14 @@ def conv1x1(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=1, stride=stride, bias=False)
 
 
+def shortcut(c_in: int, c_out: int, stride: int) -> nn.Module | None:
+    """torchvision's projection shortcut (``downsample.0`` conv1x1, ``downsample.1`` BN) when the
+    block changes size or width, else None (identity)."""
+    if stride == 1 and c_in == c_out:
+        return None
+    return nn.Sequential(conv1x1(c_in, c_out, stride), nn.BatchNorm2d(c_out))
+
+
 class BasicBlock(nn.Module):
     """ResNet-18/34 block: conv3x3(stride)-bn-relu-conv3x3-bn + shortcut, relu.
 
@@ -30,12 +38,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or c_in != planes * self.expansion:
-            self.downsample = nn.Sequential(
-                conv1x1(c_in, planes * self.expansion, stride),
-                nn.BatchNorm2d(planes * self.expansion),
-            )
+        self.downsample = shortcut(c_in, planes * self.expansion, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -62,12 +65,7 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(planes, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or c_in != planes * self.expansion:
-            self.downsample = nn.Sequential(
-                conv1x1(c_in, planes * self.expansion, stride),
-                nn.BatchNorm2d(planes * self.expansion),
-            )
+        self.downsample = shortcut(c_in, planes * self.expansion, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)

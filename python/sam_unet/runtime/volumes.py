@@ -76,7 +76,9 @@ def as_volume(volume: Any, *, name: str = "volume", check_finite: bool = True) -
             f"{name}: unsupported dtype {dt}; supported: {', '.join(SUPPORTED_DTYPES)}"
         )
     if check_finite and dt.startswith("float"):
-        finite = bool(np.isfinite(arr).all()) if kind == "numpy" else bool(arr.isfinite().all())
+        # min and max propagate NaN and expose +-Inf: two reductions, no volume-sized mask
+        lo, hi = (arr.min(), arr.max())
+        finite = bool(np.isfinite(float(lo)) and np.isfinite(float(hi)))
         if not finite:
             raise ValueError(f"{name}: contains NaN or Inf intensities")
     return VolumeView(kind, arr, device)
