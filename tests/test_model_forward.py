@@ -24,7 +24,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def tiny():
-    model = build_model("tiny")
+    # 14-token windows do not divide the 16x16 grid: the padding-free windowed path is exercised.
+    model = build_model("tiny", window_size=14)
     sd = random_state_dict([(k, tuple(v.shape)) for k, v in model.state_dict().items()], seed=3)
     model.load_state_dict(sd, strict=True)
     images = torch.randn(3, 3, 256, 256, generator=torch.Generator().manual_seed(0))
@@ -116,6 +117,17 @@ def test_tiny_parity_with_reference(tiny):
     with torch.no_grad():
         out = model(images, BOXES)
     ref = reference_forward(sd, images, BOXES, vit_heads=3, decoder_heads=4)
+    assert rel_err(out, ref) < 1e-4
+
+
+def test_unpadded_window_8_matches_reference():
+    model = build_model("tiny", window_size=8)  # 8 divides 16: windows without padding
+    sd = random_state_dict([(k, tuple(v.shape)) for k, v in model.state_dict().items()], seed=5)
+    model.load_state_dict(sd, strict=True)
+    images = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(images, BOXES[:2])
+    ref = reference_forward(sd, images, BOXES[:2], vit_heads=3, decoder_heads=4, window_size=8)
     assert rel_err(out, ref) < 1e-4
 
 

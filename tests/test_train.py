@@ -12,6 +12,7 @@ import torch
 from sam_unet import checkpoints, cli
 from sam_unet.data import mni152
 from sam_unet.train.losses import SegLoss, dice_loss, focal_loss, valid_region
+from sam_unet.train.trainer import cosine_lr_factor
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +82,12 @@ def test_tiny_trains_and_loss_falls(mni_small, tmp_path):
     assert (run / "val_log.csv").exists() and (run / "summary.json").exists()
 
 
-def test_resume_is_bitwise_exact(mni_small, tmp_path):
+@pytest.mark.parametrize("schedule", ["step", "cosine"])
+def test_resume_is_bitwise_exact(mni_small, tmp_path, schedule):
     # 9 training images, batch 2: 5 steps per epoch; stop at 3 (mid-epoch) and resume to 7,
-    # crossing an epoch boundary and the LR milestone at epoch 1.
+    # crossing an epoch boundary (and the LR milestone at epoch 1, or the per-step cosine).
     common = ("--epochs", "2", "--milestones", "1", "--augment", "hflip,intensity", "--lr",
-              "5e-4", "--seed", "7")
+              "5e-4", "--seed", "7", "--schedule", schedule, "--warmup-epochs", "0.5")
     full, part = tmp_path / "full", tmp_path / "part"
     assert cli.main(_train_args(mni_small, full, *common, "--max-steps", "7")) == 0
     assert cli.main(_train_args(mni_small, part, *common, "--max-steps", "3")) == 0
@@ -101,7 +103,20 @@ def test_resume_is_bitwise_exact(mni_small, tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert _losses(full) == _losses(part)
     lr = [g["lr"] for g in b["train_state"]["optimizer"]["param_groups"]]
-    assert lr == [2.5e-4]
+    if schedule == "step":
+        assert lr == [2.5e-4]
+    else:  # 10 steps in all, 2 of warm-up (round(0.5 x 5)); the lr the 8th step would use
+        assert lr == pytest.approx([5e-4 * cosine_lr_factor(7, 10, 2, 0.01)], rel=1e-12)
+
+
+def test_cosine_lr_factor():
+    f = [cosine_lr_factor(i, 20, 4, 0.05) for i in range(20)]
+    assert f[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert f[4] == pytest.approx(1.0) and f[-1] == pytest.approx(0.05)
+    assert all(a > b for a, b in zip(f[4:], f[5:], strict=False))
+    assert cosine_lr_factor(12, 20, 4, 0.05) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + np.cos(
+        np.pi * 8 / 15)))
+    assert cosine_lr_factor(0, 5, 0, 0.0) == pytest.approx(1.0)
 
 
 def test_resume_errors(mni_small, tmp_path, capsys):

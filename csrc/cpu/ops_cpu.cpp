@@ -8,6 +8,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
+
 #include "sam_unet/check.h"
 #include "sam_unet/half.h"
 #include "sam_unet/ops.h"
@@ -422,6 +426,160 @@ struct Composed {
   }
 };
 
+// The postprocess inner loops: 4 rows blended with the row weights and thresholded at 0. Built
+// for AVX2+FMA too (chosen at load time) where the compiler supports function multiversioning:
+// the default x86-64 target has 4-wide SSE only, and these loops are compute-bound.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__INTEL_COMPILER)
+#define SAMUNET_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SAMUNET_MULTIVERSION
+#endif
+
+SAMUNET_MULTIVERSION
+void blend4_threshold(const float* t0, const float* t1, const float* t2, const float* t3,
+                      float a0, float a1, float a2, float a3, uint8_t* dst, int64_t len) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    const float v = a0 * t0[i] + a1 * t1[i] + a2 * t2[i] + a3 * t3[i];
+    dst[i] = v > 0.0f ? 1 : 0;
+  }
+}
+
+// Scratch floats of the calling thread, kept between calls: a fresh 8 MB vector per call would
+// cost a memset and thousands of page faults, as much as the op itself. Slot 0 and 1 are distinct.
+float* scratch(size_t count, int slot) {
+  thread_local std::vector<float> buffers[2];
+  std::vector<float>& b = buffers[slot];
+  if (b.size() < count) {
+    b.clear();
+    b.shrink_to_fit();
+    b.resize(count);
+  }
+  return b.data();
+}
+
+SAMUNET_MULTIVERSION
+void blend4(const float* t0, const float* t1, const float* t2, const float* t3, float a0, float a1,
+            float a2, float a3, float* dst, int64_t len) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) dst[i] = a0 * t0[i] + a1 * t1[i] + a2 * t2[i] + a3 * t3[i];
+}
+
+// One output row of a slice-inner run: for each column w, n contiguous slices' bytes at
+// row + w * s_w, from rows T0..T3 laid out [w][s].
+SAMUNET_MULTIVERSION
+void blend4_threshold_columns(const float* T0, const float* T1, const float* T2, const float* T3,
+                              float a0, float a1, float a2, float a3, int64_t n, int64_t W,
+                              uint8_t* row, int64_t s_w) {
+  for (int64_t w = 0; w < W; ++w) {
+    const float* t0 = T0 + w * n;
+    const float* t1 = T1 + w * n;
+    const float* t2 = T2 + w * n;
+    const float* t3 = T3 + w * n;
+    uint8_t* o = row + w * s_w;
+#pragma omp simd
+    for (int64_t s = 0; s < n; ++s) {
+      const float v = a0 * t0[s] + a1 * t1[s] + a2 * t2[s] + a3 * t3[s];
+      o[s] = v > 0.0f ? 1 : 0;
+    }
+  }
+}
+
+// dst[b][w] = src[w][b] for b < kLogitSize, w < W: 4x4 SSE blocks, 8 destination rows at a time
+// (rows W floats apart share few cache sets when W is a power of two).
+void transpose_to_rows(const float* src, float* dst, int64_t W) {
+  for (int b0 = 0; b0 < kLogitSize; b0 += 8) {
+    int64_t w = 0;
+#if defined(__SSE2__)
+    for (; w + 4 <= W; w += 4) {
+      for (int b = b0; b < b0 + 8; b += 4) {
+        __m128 r0 = _mm_loadu_ps(src + (w + 0) * kLogitSize + b);
+        __m128 r1 = _mm_loadu_ps(src + (w + 1) * kLogitSize + b);
+        __m128 r2 = _mm_loadu_ps(src + (w + 2) * kLogitSize + b);
+        __m128 r3 = _mm_loadu_ps(src + (w + 3) * kLogitSize + b);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        _mm_storeu_ps(dst + (b + 0) * W + w, r0);
+        _mm_storeu_ps(dst + (b + 1) * W + w, r1);
+        _mm_storeu_ps(dst + (b + 2) * W + w, r2);
+        _mm_storeu_ps(dst + (b + 3) * W + w, r3);
+      }
+    }
+#endif
+    for (; w < W; ++w)
+      for (int b = b0; b < b0 + 8; ++b) dst[b * W + w] = src[w * kLogitSize + b];
+  }
+}
+
+// Slice-inner outputs (|s_slice| == 1: the slice axis is the contiguous one, e.g. the last axis
+// of a C-ordered volume) whose slices share one (h', w'): the whole run is computed voxel-column
+// by voxel-column. T holds logits composed with the column operator in [b][w][s] order, so each
+// output (h, w) is 4 contiguous runs of n floats blended into n contiguous bytes: no transpose.
+template <typename LT>
+void postprocess_slices_inner(const PostprocessParams& p, const SliceRun& r, bool transpose) {
+  int32_t h2 = p.resized_hw[0], w2 = p.resized_hw[1];
+  if (transpose) std::swap(h2, w2);
+  const Composed cx(w2, r.W), cy(h2, r.H);
+  const LT* logits = static_cast<const LT*>(p.logits);
+  const int64_t n = r.n, W = r.W;
+  const int64_t map = (int64_t)kLogitSize * kLogitSize;
+  // Ls[b][a][s]: the logits with the slice index innermost, so that both passes are blends of
+  // contiguous runs of n floats with scalar weights.
+  float* Ls = scratch((size_t)map * n, 0);
+  float* T = scratch((size_t)kLogitSize * W * n, 1);
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < kLogitSize; ++b) {
+      for (int a = 0; a < kLogitSize; ++a) {
+        const int64_t i = transpose ? (int64_t)a * kLogitSize + b : b * kLogitSize + a;
+        float* d = &Ls[((size_t)b * kLogitSize + a) * n];
+        for (int64_t s = 0; s < n; ++s) {
+          if constexpr (std::is_same_v<LT, float>) d[s] = logits[s * map + i];
+          else d[s] = half_bits_to_float(logits[s * map + i]);
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < kLogitSize; ++b) {
+      const float* Lb = &Ls[(size_t)b * kLogitSize * n];
+      float* Tb = &T[(size_t)b * W * n];
+      for (int64_t w = 0; w < W; ++w) {
+        const int* i4 = &cx.idx[4 * w];
+        const float* w4 = &cx.wt[4 * w];
+        blend4(Lb + i4[0] * n, Lb + i4[1] * n, Lb + i4[2] * n, Lb + i4[3] * n, w4[0], w4[1],
+               w4[2], w4[3], Tb + w * n, n);
+      }
+    }
+  }
+  uint8_t* base = static_cast<uint8_t*>(p.out.data) + r.z0 * r.s_slice;
+  const int64_t step = r.s_slice;  // +1 or -1
+#pragma omp parallel
+  {
+    std::vector<uint8_t> buf(step < 0 ? n : 0);
+#pragma omp for schedule(static)
+    for (int64_t h = 0; h < r.H; ++h) {
+      const int* iy = &cy.idx[4 * h];
+      const float* wy = &cy.wt[4 * h];
+      const float a0 = wy[0], a1 = wy[1], a2 = wy[2], a3 = wy[3];
+      const float* T0 = &T[(size_t)iy[0] * W * n];
+      const float* T1 = &T[(size_t)iy[1] * W * n];
+      const float* T2 = &T[(size_t)iy[2] * W * n];
+      const float* T3 = &T[(size_t)iy[3] * W * n];
+      uint8_t* row = base + h * r.s_h;
+      if (step > 0) {
+        blend4_threshold_columns(T0, T1, T2, T3, a0, a1, a2, a3, n, W, row, r.s_w);
+        continue;
+      }
+      for (int64_t w = 0; w < W; ++w) {
+        blend4_threshold(T0 + w * n, T1 + w * n, T2 + w * n, T3 + w * n, a0, a1, a2, a3,
+                         buf.data(), n);
+        uint8_t* d = row + w * r.s_w;
+        for (int64_t s = 0; s < n; ++s) d[-s] = buf[s];
+      }
+    }
+  }
+}
+
 template <typename LT>
 void postprocess_typed(const PostprocessParams& p) {
   SliceRun r = p.run;
@@ -434,6 +592,12 @@ void postprocess_typed(const PostprocessParams& p) {
     std::swap(r.H, r.W);
     std::swap(r.s_h, r.s_w);
   }
+  if (r.n > 1 && (r.s_slice == 1 || r.s_slice == -1) && r.H > 1 && r.W > 1) {
+    bool same = true;
+    for (int64_t s = 1; s < r.n && same; ++s)
+      same = p.resized_hw[2 * s] == p.resized_hw[0] && p.resized_hw[2 * s + 1] == p.resized_hw[1];
+    if (same) return postprocess_slices_inner<LT>(p, r, transpose);
+  }
   const LT* logits = static_cast<const LT*>(p.logits);
   uint8_t* base = static_cast<uint8_t*>(p.out.data) + r.z0 * r.s_slice;
   const int64_t G = group_size(r, 1);
@@ -445,36 +609,33 @@ void postprocess_typed(const PostprocessParams& p) {
   // T[s] = logits[s] composed with the column operator: (64, W) per slice, computed once and
   // shared. Each output row is then 4 contiguous rows of T blended with the row weights:
   // vectorisable, no per-voxel gathers.
-  std::vector<float> T((size_t)r.n * kLogitSize * r.W);
+  float* T = scratch((size_t)r.n * kLogitSize * r.W, 1);
 #pragma omp parallel
   {
-    float L[kLogitSize];
-    int64_t cached = -1;
-    std::vector<Composed> cxs;
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < r.n * kLogitSize; ++task) {
-      const int64_t s = task / kLogitSize, b = task % kLogitSize;
-      if (cached != s) {
-        cached = s;
-        int32_t h2 = p.resized_hw[2 * s], w2 = p.resized_hw[2 * s + 1];
-        if (transpose) std::swap(h2, w2);
-        cxs.clear();
-        cxs.emplace_back(w2, r.W);
-      }
+    // Per slice: Lt[a][b] (logit column a as a contiguous run over rows b), P[w][b] = the column
+    // operator applied as blends of those runs, then T[s][b][w] = P[w][b] (a transpose).
+    std::vector<float> Lt((size_t)map), P((size_t)r.W * kLogitSize);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t s = 0; s < r.n; ++s) {
+      int32_t h2 = p.resized_hw[2 * s], w2 = p.resized_hw[2 * s + 1];
+      if (transpose) std::swap(h2, w2);
+      const Composed cx(w2, r.W);
       const LT* src = logits + s * map;
-      for (int a = 0; a < kLogitSize; ++a) {
-        const int64_t i = transpose ? (int64_t)a * kLogitSize + b : b * kLogitSize + a;
-        if constexpr (std::is_same_v<LT, float>) L[a] = src[i];
-        else L[a] = half_bits_to_float(src[i]);
-      }
-      const int* ix = cxs[0].idx.data();
-      const float* wx = cxs[0].wt.data();
-      float* Tr = &T[((size_t)s * kLogitSize + b) * r.W];
+      for (int a = 0; a < kLogitSize; ++a)
+        for (int b = 0; b < kLogitSize; ++b) {
+          const int64_t i = transpose ? (int64_t)a * kLogitSize + b : b * kLogitSize + a;
+          if constexpr (std::is_same_v<LT, float>) Lt[a * kLogitSize + b] = src[i];
+          else Lt[a * kLogitSize + b] = half_bits_to_float(src[i]);
+        }
       for (int64_t w = 0; w < r.W; ++w) {
-        const int* i4 = ix + 4 * w;
-        const float* w4 = wx + 4 * w;
-        Tr[w] = w4[0] * L[i4[0]] + w4[1] * L[i4[1]] + w4[2] * L[i4[2]] + w4[3] * L[i4[3]];
+        const int* i4 = &cx.idx[4 * w];
+        const float* w4 = &cx.wt[4 * w];
+        blend4(&Lt[i4[0] * kLogitSize], &Lt[i4[1] * kLogitSize], &Lt[i4[2] * kLogitSize],
+               &Lt[i4[3] * kLogitSize], w4[0], w4[1], w4[2], w4[3], &P[w * kLogitSize],
+               kLogitSize);
       }
+      float* Ts = &T[(size_t)s * kLogitSize * r.W];
+      transpose_to_rows(P.data(), Ts, r.W);
     }
   }
 #pragma omp parallel
@@ -508,12 +669,7 @@ void postprocess_typed(const PostprocessParams& p) {
           const float* T2 = Ts + iy[2] * r.W;
           const float* T3 = Ts + iy[3] * r.W;
           const float a0 = wy[0], a1 = wy[1], a2 = wy[2], a3 = wy[3];
-          uint8_t* dst = &rowbuf[s * r.W];
-#pragma omp simd
-          for (int64_t w = 0; w < r.W; ++w) {
-            const float v = a0 * T0[w] + a1 * T1[w] + a2 * T2[w] + a3 * T3[w];
-            dst[w] = v > 0.0f ? 1 : 0;
-          }
+          blend4_threshold(T0, T1, T2, T3, a0, a1, a2, a3, &rowbuf[s * r.W], r.W);
         }
         uint8_t* row = base + h * r.s_h + g0 * r.s_slice;
         if (slice_inner) {

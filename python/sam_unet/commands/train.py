@@ -40,8 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--schedule", choices=("step", "cosine"), default="step",
+                        help="step: MultiStepLR at --milestones (published); cosine: per-step "
+                             "warm-up then cosine decay to --min-lr-ratio x lr")
     parser.add_argument("--milestones", default="5,10", help="MultiStepLR epochs (5,10)")
     parser.add_argument("--gamma", type=float, default=0.5)
+    parser.add_argument("--warmup-epochs", type=float, default=0.0, help="cosine warm-up")
+    parser.add_argument("--min-lr-ratio", type=float, default=0.01, help="cosine floor")
     parser.add_argument("--focal-weight", type=float, default=1.0)
     parser.add_argument("--dice-weight", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -75,7 +80,8 @@ def config_from_args(args: argparse.Namespace):
         prompt=args.prompt, masks_per_image=args.masks_per_image, jitter=args.jitter,
         augment=args.augment, batch_size=args.batch_size, epochs=args.epochs,
         max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay,
-        milestones=milestones, gamma=args.gamma, focal_weight=args.focal_weight,
+        schedule=args.schedule, milestones=milestones, gamma=args.gamma,
+        warmup_epochs=args.warmup_epochs, min_lr_ratio=args.min_lr_ratio, focal_weight=args.focal_weight,
         dice_weight=args.dice_weight, seed=args.seed, num_workers=args.workers,
         device=args.device, amp=args.amp, threads=args.threads, resume=args.resume,
         val_every=args.val_every, val_max_images=args.val_max_images,

@@ -84,8 +84,11 @@ def train_demo_model(
                 data=[str(tmp / "mni152")], out=str(tmp / "run"), variant=recipe["variant"],
                 prompt=recipe["prompt"], masks_per_image=recipe["masks_per_image"],
                 augment=recipe["augment"], batch_size=recipe["batch_size"],
-                epochs=recipe["epochs"], lr=recipe["lr"], milestones=tuple(recipe["milestones"]),
-                gamma=recipe["gamma"], seed=seed, quiet=quiet, tensorboard=False,
+                epochs=recipe["epochs"], lr=recipe["lr"],
+                schedule=recipe.get("schedule", "step"),
+                milestones=tuple(recipe.get("milestones", ())), gamma=recipe.get("gamma", 0.5),
+                warmup_epochs=recipe.get("warmup_epochs", 0.0),
+                min_lr_ratio=recipe.get("min_lr_ratio", 0.01), seed=seed, quiet=quiet, tensorboard=False,
                 threads=threads, val_metric="volume", max_steps=recipe.get("max_steps"))
             summary = train(cfg)
             t_train = time.time() - t0 - t_prep

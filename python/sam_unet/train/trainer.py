@@ -31,6 +31,17 @@ from pathlib import Path
 import numpy as np
 
 AMP_MODES = ("none", "bf16", "fp16")
+SCHEDULES = ("step", "cosine")
+
+
+def cosine_lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """lr multiplier before optimizer step ``step + 1`` of ``total``: linear warm-up over
+    ``warmup`` steps, then a cosine from 1 down to ``min_ratio`` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup - 1)
+    t = min(1.0, (step - warmup) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 @dataclass
@@ -52,8 +63,11 @@ class TrainConfig:
     max_steps: int | None = None
     lr: float = 1e-4
     weight_decay: float = 0.0
+    schedule: str = "step"  # "step": MultiStepLR per epoch (published); "cosine": per step
     milestones: tuple[int, ...] = (5, 10)
     gamma: float = 0.5
+    warmup_epochs: float = 0.0  # cosine: linear warm-up from 0 over this many epochs
+    min_lr_ratio: float = 0.01  # cosine: the last step's lr as a fraction of lr
     focal_weight: float = 1.0
     dice_weight: float = 20.0
     seed: int = 0
@@ -272,6 +286,8 @@ def train(cfg: TrainConfig) -> dict:
 
     if cfg.val_metric not in ("mean", "volume"):
         raise ValueError(f"val_metric must be 'mean' or 'volume', got {cfg.val_metric!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     if cfg.amp not in AMP_MODES:
         raise ValueError(f"amp must be one of {AMP_MODES}, got {cfg.amp!r}")
     if cfg.batch_size < 1:
@@ -313,9 +329,7 @@ def train(cfg: TrainConfig) -> dict:
             val_ds = None
 
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         criterion = SegLoss(cfg.focal_weight, cfg.dice_weight)
         scaler = torch.amp.GradScaler("cuda", enabled=(cfg.amp == "fp16" and device.type == "cuda"))
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
@@ -338,6 +352,15 @@ def train(cfg: TrainConfig) -> dict:
             range(len(train_ds)), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
             drop_last=False)
         steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
+        per_step_schedule = cfg.schedule == "cosine"
+        if per_step_schedule:
+            total = steps_per_epoch * cfg.epochs
+            warm = round(cfg.warmup_epochs * steps_per_epoch)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda i: cosine_lr_factor(i, total, warm, cfg.min_lr_ratio))
+        else:
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
 
         epoch, step, best = 0, 0, -1.0
         resume = cfg.resume
@@ -466,6 +489,8 @@ def train(cfg: TrainConfig) -> dict:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if per_step_schedule:
+                    scheduler.step()
                 step += 1
                 last_loss = float(loss.detach())
                 losses.append(last_loss)
@@ -484,7 +509,8 @@ def train(cfg: TrainConfig) -> dict:
             bar.close()
             epoch_done = step - epoch * steps_per_epoch >= steps_per_epoch
             if epoch_done:
-                scheduler.step()
+                if not per_step_schedule:
+                    scheduler.step()
                 epoch += 1
                 if epoch % max(cfg.val_every, 1) == 0 or epoch == cfg.epochs:
                     val_result = validate()
