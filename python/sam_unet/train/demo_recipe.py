@@ -88,7 +88,8 @@ def train_demo_model(
                 schedule=recipe.get("schedule", "step"),
                 milestones=tuple(recipe.get("milestones", ())), gamma=recipe.get("gamma", 0.5),
                 warmup_epochs=recipe.get("warmup_epochs", 0.0),
-                min_lr_ratio=recipe.get("min_lr_ratio", 0.01), seed=seed, quiet=quiet, tensorboard=False,
+                min_lr_ratio=recipe.get("min_lr_ratio", 0.01), seed=seed, quiet=quiet,
+                tensorboard=False,
                 threads=threads, val_metric="volume", max_steps=recipe.get("max_steps"))
             summary = train(cfg)
             t_train = time.time() - t0 - t_prep
