@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const="auto",
                         help="continue from a last.pt (default: OUT/last.pt)")
     parser.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
+    parser.add_argument("--val-start", type=int, default=1,
+                        help="first epoch to validate (the last epoch always is)")
     parser.add_argument("--val-max-images", type=int)
     parser.add_argument("--val-metric", choices=("mean", "volume"), default="mean",
                         help="best.pt by mean per-mask Dice or by mean 3D Dice per volume")
@@ -85,7 +87,8 @@ def config_from_args(args: argparse.Namespace):
         focal_weight=args.focal_weight,
         dice_weight=args.dice_weight, seed=args.seed, num_workers=args.workers,
         device=args.device, amp=args.amp, threads=args.threads, resume=args.resume,
-        val_every=args.val_every, val_max_images=args.val_max_images,
+        val_every=args.val_every, val_start=args.val_start,
+        val_max_images=args.val_max_images,
         val_metric=args.val_metric, sync_bn=args.sync_bn,
         quiet=args.quiet, tensorboard=args.tensorboard, write_state_hash=args.write_state_hash,
     )

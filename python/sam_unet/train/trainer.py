@@ -77,6 +77,7 @@ class TrainConfig:
     threads: int | None = None
     resume: str | None = None  # a last.pt, or "auto" (out/last.pt when it exists)
     val_every: int = 1  # epochs
+    val_start: int = 1  # the first epoch validated (best.pt is chosen from epochs >= this)
     val_max_images: int | None = None
     val_metric: str = "mean"  # "mean": mean per-mask Dice; "volume": mean 3D Dice per volume
     sync_bn: bool = True
@@ -512,7 +513,8 @@ def train(cfg: TrainConfig) -> dict:
                 if not per_step_schedule:
                     scheduler.step()
                 epoch += 1
-                if epoch % max(cfg.val_every, 1) == 0 or epoch == cfg.epochs:
+                if epoch == cfg.epochs or (epoch >= cfg.val_start
+                                           and epoch % max(cfg.val_every, 1) == 0):
                     val_result = validate()
                     if val_result is not None and val_result["dice"] > best:
                         best = val_result["dice"]
