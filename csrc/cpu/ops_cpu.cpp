@@ -428,8 +428,9 @@ struct Composed {
 
 // The postprocess inner loops: 4 rows blended with the row weights and thresholded at 0. Built
 // for AVX2+FMA too (chosen at load time) where the compiler supports function multiversioning:
-// the default x86-64 target has 4-wide SSE only, and these loops are compute-bound.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__INTEL_COMPILER)
+// the default x86-64 target has 4-wide SSE only, and these loops are compute-bound (ifunc
+// dispatch needs glibc, hence Linux only).
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__INTEL_COMPILER)
 #define SAMUNET_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define SAMUNET_MULTIVERSION

@@ -38,14 +38,22 @@ DEMO_RECIPE = {
 }
 
 
+def _busy_cores() -> float:
+    """Processes running right now besides this one (Linux /proc/loadavg's instantaneous count;
+    the 1-minute average lags by minutes after a heavy job ends). 0 where unavailable."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as fh:
+            running = int(fh.read().split()[3].split("/")[0])
+        return max(0, running - 1)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _default_threads() -> int:
     n = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
+    busy = _busy_cores()
     # On a busy machine one thread per process is much faster than oversubscribing the cores.
-    return max(1, min(n, int(n - load + 0.5))) if load > 0.5 else n
+    return max(1, n - busy) if busy else n
 
 
 def train_demo_model(
