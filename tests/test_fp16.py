@@ -162,6 +162,17 @@ def overflow_findings(model, images, boxes) -> dict[str, list]:
 # -- tests -------------------------------------------------------------------------------------
 
 
+def print_report(label: str, report: dict) -> None:
+    """Print each precision's figures (shown with -s) and require finite outputs."""
+    for precision, r in report.items():
+        print(
+            f"\n[{label}] {precision} vs fp32: mask agreement {r['agreement']:.5f} "
+            f"(64x64 logits {r['logit_agreement']:.5f}), logit rel error {r['rel_error']:.3g}, "
+            f"fp32 foreground {r['foreground']:.3f}"
+        )
+        assert r["finite"], precision
+
+
 @pytest.fixture(scope="module")
 def mri():
     return mni_batch()
@@ -172,13 +183,7 @@ def test_fp16_bf16_cpu_tiny_on_mni(mri):
     torch.manual_seed(0)
     model = build_model("tiny").eval()
     report = precision_report(model, "cpu", images, boxes, resized, original)
-    for precision, r in report.items():
-        print(
-            f"\n[cpu tiny random-init, {len(images)} MNI slices] {precision} vs fp32: "
-            f"mask agreement {r['agreement']:.5f} (64x64 logits {r['logit_agreement']:.5f}), "
-            f"logit rel error {r['rel_error']:.3g}, fp32 foreground {r['foreground']:.3f}"
-        )
-        assert r["finite"], precision
+    print_report(f"cpu tiny random-init, {len(images)} MNI slices", report)
     assert report["fp16"]["agreement"] >= 0.995
     assert report["fp16"]["rel_error"] < 2e-2
     assert report["bf16"]["agreement"] >= 0.98
@@ -195,13 +200,7 @@ def test_fp16_cpu_trained_demo_model_on_mni():
     images, boxes, resized, original = mni_batch(slices=tuple(range(30, 160, 13)))
     model = load_model(DEMO_CKPT).eval()
     report = precision_report(model, "cpu", images, boxes, resized, original)
-    for precision, r in report.items():
-        print(
-            f"\n[cpu tiny demo-trained, {len(images)} MNI slices] {precision} vs fp32: "
-            f"mask agreement {r['agreement']:.5f}, logit rel error {r['rel_error']:.3g}, "
-            f"foreground {r['foreground']:.3f}"
-        )
-        assert r["finite"], precision
+    print_report(f"cpu tiny demo-trained, {len(images)} MNI slices", report)
     assert report["fp16"]["foreground"] > 0.05  # a real segmentation, not an empty mask
     assert report["fp16"]["agreement"] >= 0.995
     assert report["bf16"]["agreement"] >= 0.98
@@ -227,10 +226,5 @@ def test_fp16_cuda_on_mni(mri):
     # default: the trained tiny demo model; $SAM_UNET_FP16_CHECKPOINT for another (e.g. res34)
     model = load_model(os.environ.get("SAM_UNET_FP16_CHECKPOINT") or DEMO_CKPT)
     report = precision_report(model, "cuda", images, boxes, resized, original)
-    for precision, r in report.items():
-        print(
-            f"\n[cuda {getattr(model, 'variant', '?')}] {precision} vs fp32: mask agreement "
-            f"{r['agreement']:.5f}, logit rel error {r['rel_error']:.3g}"
-        )
-        assert r["finite"], precision
+    print_report(f"cuda {getattr(model, 'variant', '?')}", report)
     assert report["fp16"]["agreement"] >= 0.995

@@ -616,11 +616,18 @@ void postprocess_typed(const PostprocessParams& p) {
     // Per slice: Lt[a][b] (logit column a as a contiguous run over rows b), P[w][b] = the column
     // operator applied as blends of those runs, then T[s][b][w] = P[w][b] (a transpose).
     std::vector<float> Lt((size_t)map), P((size_t)r.W * kLogitSize);
+    std::vector<Composed> cxs;  // the column operator for the last width seen (usually all)
+    int32_t cached_w2 = -1;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t s = 0; s < r.n; ++s) {
       int32_t h2 = p.resized_hw[2 * s], w2 = p.resized_hw[2 * s + 1];
       if (transpose) std::swap(h2, w2);
-      const Composed cx(w2, r.W);
+      if (w2 != cached_w2) {
+        cxs.clear();
+        cxs.emplace_back(w2, r.W);
+        cached_w2 = w2;
+      }
+      const Composed& cx = cxs[0];
       const LT* src = logits + s * map;
       for (int a = 0; a < kLogitSize; ++a)
         for (int b = 0; b < kLogitSize; ++b) {
