@@ -120,15 +120,49 @@ def test_tiny_parity_with_reference(tiny):
     assert rel_err(out, ref) < 1e-4
 
 
-def test_unpadded_window_8_matches_reference():
-    model = build_model("tiny", window_size=8)  # 8 divides 16: windows without padding
+@pytest.mark.parametrize("window_size", [8, 6, 5, 3])
+def test_window_sizes_match_reference(window_size):
+    """8 divides the 16x16 grid (no padding); 6, 5 and 3 leave 4-, 1- and 1-token strips of
+    windows whose padded queries the fast path skips (several full windows plus a remainder)."""
+    model = build_model("tiny", window_size=window_size)
     sd = random_state_dict([(k, tuple(v.shape)) for k, v in model.state_dict().items()], seed=5)
     model.load_state_dict(sd, strict=True)
     images = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out = model(images, BOXES[:2])
-    ref = reference_forward(sd, images, BOXES[:2], vit_heads=3, decoder_heads=4, window_size=8)
+    ref = reference_forward(
+        sd, images, BOXES[:2], vit_heads=3, decoder_heads=4, window_size=window_size
+    )
     assert rel_err(out, ref) < 1e-4
+
+
+@pytest.mark.parametrize("window_size", [14, 5])
+def test_fast_path_gradients_match_padded_reference(window_size):
+    """Training through the fast path (real queries only, explicit CPU attention) gives the
+    gradients of SAM's padded windows, rel-pos tables included."""
+    model = build_model("tiny", window_size=window_size)
+    sd = random_state_dict([(k, tuple(v.shape)) for k, v in model.state_dict().items()], seed=3)
+    model.load_state_dict(sd, strict=True)
+    model.train()
+    images = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(4))
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        model(images, BOXES[:2]).square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    fast = grads()
+    model.set_fast(False)
+    try:
+        plain = grads()
+    finally:
+        model.set_fast(True)
+    assert fast.keys() == plain.keys() and "image_encoder.sam_img_encoder.blocks.0.attn." \
+        "rel_pos_h" in fast
+    for name in fast:
+        if name.endswith("k_proj.bias"):  # softmax ignores a bias on all keys: zero up to noise
+            continue
+        assert rel_err(fast[name], plain[name]) < 1e-4, name
 
 
 def test_freeze_encoder(tiny):

@@ -124,6 +124,30 @@ def test_resume_errors(mni_small, tmp_path, capsys):
     assert rc == 1 and "no.pt" in capsys.readouterr().err
 
 
+def test_model_options(mni_small, tmp_path, capsys):
+    from sam_unet.commands.train import parse_model_options
+
+    assert parse_model_options(["window_size=16", "vit_mlp_ratio=2.5", "resnet_layers=1,2,1,1"]) \
+        == {"window_size": 16, "vit_mlp_ratio": 2.5, "resnet_layers": (1, 2, 1, 1)}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_model_options(["window_size"])
+    run = tmp_path / "ws16"
+    args = _train_args(mni_small, run, "--max-steps", "2", "--model-option", "window_size=16")
+    assert cli.main(args) == 0
+    for name in ("last.pt", "best.pt"):
+        model = checkpoints.load_model(run / name)
+        assert model.config.window_size == 16
+        assert model.image_encoder.sam_img_encoder.blocks[0].attn.rel_pos_h.shape[0] == 31
+    # resuming with another architecture, an unknown option, options on a checkpoint: errors
+    rc = cli.main(_train_args(mni_small, run, "--max-steps", "3", "--resume"))
+    assert rc == 1 and "window_size" in capsys.readouterr().err
+    rc = cli.main(_train_args(mni_small, tmp_path / "x", "--model-option", "windowsize=16"))
+    assert rc == 1 and "windowsize" in capsys.readouterr().err
+    rc = cli.main(_train_args(mni_small, tmp_path / "y", "--init-checkpoint", str(run / "last.pt"),
+                              "--model-option", "window_size=8"))
+    assert rc == 1 and "init-checkpoint" in capsys.readouterr().err
+
+
 def test_demo_recipe_smoke(tmp_path):
     from sam_unet.train.demo_recipe import train_demo_model
 

@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "test/ split of --data)")
     parser.add_argument("-o", "--out", required=True, help="run folder (checkpoints, logs)")
     parser.add_argument("--variant", default="res34", help="res34 | res50 | tiny (default res34)")
+    parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field of the variant's config for a new model, e.g. "
+                             "window_size=16 (repeatable; saved in the checkpoints)")
     parser.add_argument("--sam-checkpoint", help="original SAM ViT-B checkpoint (initial weights)")
     parser.add_argument("--resnet-checkpoint", help="torchvision ResNet weights for the branch")
     parser.add_argument("--init-checkpoint", help="start from a SAM-UNet checkpoint")
@@ -71,12 +74,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def parse_model_options(items: list[str]) -> dict:
+    """["window_size=16", "resnet_layers=1,1,1,1"] -> {"window_size": 16, "resnet_layers":
+    (1, 1, 1, 1)}; numbers become int or float, comma lists tuples of them."""
+
+    def number(text: str):
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"--model-option {item!r}: expected KEY=VALUE, e.g. window_size=16")
+        value = value.strip()
+        options[key.strip()] = tuple(number(v) for v in value.split(",")) if "," in value \
+            else number(value)
+    return options
+
+
 def config_from_args(args: argparse.Namespace):
     from sam_unet.train.trainer import TrainConfig
 
     milestones = tuple(int(m) for m in args.milestones.split(",") if m.strip())
     return TrainConfig(
         data=list(args.data), out=args.out, val=args.val, variant=args.variant,
+        model_options=parse_model_options(args.model_option),
         sam_checkpoint=args.sam_checkpoint, resnet_checkpoint=args.resnet_checkpoint,
         init_checkpoint=args.init_checkpoint, freeze_encoder=args.freeze_encoder,
         prompt=args.prompt, masks_per_image=args.masks_per_image, jitter=args.jitter,

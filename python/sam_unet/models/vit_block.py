@@ -54,7 +54,8 @@ class ViTBlock(nn.Module):
     *after* ``norm1`` (SAM semantics). In the fast path (default) the padding is not materialised
     before the qkv projection: a zero token's qkv is exactly the qkv bias, so qkv is computed on
     the real tokens and padded with the bias row; ``proj`` runs on the real tokens only. The plain
-    path pads explicitly as SAM does. ``window_size == 0``: global attention.
+    path pads explicitly as SAM does. Queries of padded tokens, whose outputs SAM discards, are
+    not computed in the fast path either (:meth:`_attend_real_queries`). ``window_size == 0``: global attention.
     """
 
     def __init__(
@@ -87,21 +88,46 @@ class ViTBlock(nn.Module):
         b, h, w, _ = x.shape
         ws = self.window_size
         qkv = self.attn.qkv(x)  # (B, H, W, 3C) on the real tokens only
-        c3 = qkv.shape[-1]
         pad_h = (ws - h % ws) % ws
         pad_w = (ws - w % ws) % ws
-        if pad_h or pad_w:
-            bias = self.attn.qkv.bias
-            fill = bias if bias is not None else qkv.new_zeros(c3)
-            fill = fill.to(qkv.dtype).reshape(1, 1, 1, c3)
-            if pad_w:
-                qkv = torch.cat([qkv, fill.expand(b, h, pad_w, c3)], dim=2)
-            if pad_h:
-                qkv = torch.cat([qkv, fill.expand(b, pad_h, w + pad_w, c3)], dim=1)
-        hp, wp = h + pad_h, w + pad_w
-        out = self.attn.attend_qkv(split_windows(qkv, ws))
-        out = window_unpartition(out, ws, (hp, wp), (h, w))
-        return self.attn.proj(out)
+        if not (pad_h or pad_w):
+            out = self.attn.attend_qkv(split_windows(qkv, ws))
+            return self.attn.proj(window_unpartition(out, ws, (h, w), (h, w)))
+        c3 = qkv.shape[-1]
+        bias = self.attn.qkv.bias
+        fill = bias if bias is not None else qkv.new_zeros(c3)
+        fill = fill.to(qkv.dtype).reshape(1, 1, 1, c3)
+        if pad_w:
+            qkv = torch.cat([qkv, fill.expand(b, h, pad_w, c3)], dim=2)
+        if pad_h:
+            qkv = torch.cat([qkv, fill.expand(b, pad_h, w + pad_w, c3)], dim=1)
+        return self.attn.proj(self._attend_real_queries(qkv, h, w))
+
+    def _attend_real_queries(self, qkv: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Windowed attention for the real tokens of a padded grid.
+
+        qkv: (B, Hp, Wp, 3C), padded with the qkv bias. Queries in the padding are never
+        computed: windows are grouped by the size of their real corner (full, or the h % ws
+        rows / w % ws columns of the last window row / column) and each group attends with
+        only its real queries against all ws*ws keys. Returns (B, h, w, C).
+        """
+        ws = self.window_size
+        c = qkv.shape[-1] // 3
+
+        def groups(n: int) -> list[tuple[int, int, int]]:  # (first window, windows, real size)
+            full, rest = divmod(int(n), ws)  # the grid is static (a traced size under export)
+            return ([(0, full, ws)] if full else []) + ([(full, 1, rest)] if rest else [])
+
+        rows = []
+        for a, na, qh in groups(h):
+            cols = []
+            for b0, nb, qw in groups(w):
+                win = split_windows(qkv[:, a * ws : (a + na) * ws, b0 * ws : (b0 + nb) * ws], ws)
+                o = self.attn.attend_corner(win[:, :qh, :qw, :c], win[..., c:])
+                o = o.reshape(-1, na, nb, qh, qw, c).permute(0, 1, 3, 2, 4, 5)
+                cols.append(o.reshape(-1, na * qh, nb * qw, c))
+            rows.append(cols[0] if len(cols) == 1 else torch.cat(cols, dim=2))
+        return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, dim) -> (B, H, W, dim)."""

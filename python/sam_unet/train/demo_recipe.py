@@ -91,6 +91,7 @@ def train_demo_model(
             t_prep = time.time() - t0
             cfg = TrainConfig(
                 data=[str(tmp / "mni152")], out=str(tmp / "run"), variant=recipe["variant"],
+                model_options=dict(recipe.get("model_options", {})),
                 prompt=recipe["prompt"], masks_per_image=recipe["masks_per_image"],
                 augment=recipe["augment"], batch_size=recipe["batch_size"],
                 epochs=recipe["epochs"], lr=recipe["lr"],

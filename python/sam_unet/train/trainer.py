@@ -50,6 +50,7 @@ class TrainConfig:
     out: str
     val: list[str] | None = None  # default: the test/ split of ``data`` folders that have one
     variant: str = "tiny"
+    model_options: dict = field(default_factory=dict)  # SamUNetConfig overrides for a new model
     sam_checkpoint: str | None = None
     resnet_checkpoint: str | None = None
     init_checkpoint: str | None = None  # start from a SAM-UNet checkpoint (fine-tuning)
@@ -258,9 +259,13 @@ def build_training_model(cfg: TrainConfig, log=print):
     from sam_unet.models import build_model
 
     if cfg.init_checkpoint:
+        if cfg.model_options:
+            raise ValueError(
+                f"model options {sorted(cfg.model_options)} cannot change the architecture of "
+                f"--init-checkpoint {cfg.init_checkpoint}; the checkpoint defines it")
         model = checkpoints.load_model(cfg.init_checkpoint, variant=cfg.variant)
     else:
-        model = build_model(cfg.variant)
+        model = build_model(cfg.variant, **dict(cfg.model_options))
     if cfg.sam_checkpoint:
         checkpoints.load_sam_checkpoint(model, cfg.sam_checkpoint)
     if cfg.resnet_checkpoint:
@@ -376,6 +381,15 @@ def train(cfg: TrainConfig) -> dict:
                 raise ValueError(f"{resume}: cannot read the checkpoint ({exc})") from exc
             if "train_state" not in ckpt:
                 raise ValueError(f"{resume}: not a training checkpoint (no 'train_state')")
+            saved = ckpt.get("config")
+            if isinstance(saved, dict) and saved != model.config.to_dict():
+                diff = sorted(k for k in set(saved) | set(model.config.to_dict())
+                              if saved.get(k) != model.config.to_dict().get(k))
+                raise ValueError(
+                    f"{resume}: trained with a different model config ({', '.join(diff)}: "
+                    f"{[saved.get(k) for k in diff]} in the checkpoint, "
+                    f"{[model.config.to_dict().get(k) for k in diff]} now); pass the same "
+                    "--variant and --model-option values to resume")
             model.load_state_dict(ckpt["model"], strict=True)
             ts = ckpt["train_state"]
             optimizer.load_state_dict(ts["optimizer"])
