@@ -55,7 +55,8 @@ class ViTBlock(nn.Module):
     before the qkv projection: a zero token's qkv is exactly the qkv bias, so qkv is computed on
     the real tokens and padded with the bias row; ``proj`` runs on the real tokens only. The plain
     path pads explicitly as SAM does. Queries of padded tokens, whose outputs SAM discards, are
-    not computed in the fast path either (:meth:`_attend_real_queries`). ``window_size == 0``: global attention.
+    not computed in the fast path either (:meth:`_attend_real_queries`).
+    ``window_size == 0``: global attention.
     """
 
     def __init__(
