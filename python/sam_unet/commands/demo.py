@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--retrain", action="store_true",
                         help="train the tiny demo model again from scratch (a few CPU minutes)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="--retrain: CPU threads (default: the cores not busy elsewhere)")
     parser.add_argument("--checkpoint", default=None, help="use this checkpoint instead")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -81,11 +83,12 @@ def run(args: argparse.Namespace) -> int:
         Path(__file__).resolve().parents[1] / "assets" / "demo_tiny.pt")
     t_all = time.perf_counter()
     if args.retrain:
-        from sam_unet.train.demo_recipe import train_demo_model
+        from sam_unet.train.demo_recipe import default_threads, train_demo_model
 
         ckpt = out / "demo_tiny_retrained.pt"
-        say(f"retraining the tiny demo model -> {ckpt}")
-        metrics = train_demo_model(ckpt, quiet=args.quiet)
+        threads = args.threads or default_threads()
+        say(f"retraining the tiny demo model on {threads} CPU thread(s) -> {ckpt}")
+        metrics = train_demo_model(ckpt, quiet=args.quiet, threads=threads)
         say(f"retrained: {metrics}")
     if not ckpt.is_file():
         raise FileNotFoundError(f"demo checkpoint not found: {ckpt}")
