@@ -381,15 +381,13 @@ def train(cfg: TrainConfig) -> dict:
                 raise ValueError(f"{resume}: cannot read the checkpoint ({exc})") from exc
             if "train_state" not in ckpt:
                 raise ValueError(f"{resume}: not a training checkpoint (no 'train_state')")
-            saved = ckpt.get("config")
-            if isinstance(saved, dict) and saved != model.config.to_dict():
-                diff = sorted(k for k in set(saved) | set(model.config.to_dict())
-                              if saved.get(k) != model.config.to_dict().get(k))
-                raise ValueError(
-                    f"{resume}: trained with a different model config ({', '.join(diff)}: "
-                    f"{[saved.get(k) for k in diff]} in the checkpoint, "
-                    f"{[model.config.to_dict().get(k) for k in diff]} now); pass the same "
-                    "--variant and --model-option values to resume")
+            saved, now = ckpt.get("config"), model.config.to_dict()
+            if isinstance(saved, dict) and saved != now:
+                diff = ", ".join(f"{k} {saved.get(k)} in the checkpoint, {now.get(k)} now"
+                                 for k in sorted(set(saved) | set(now))
+                                 if saved.get(k) != now.get(k))
+                raise ValueError(f"{resume}: trained with a different model config ({diff}); "
+                                 "pass the same --variant and --model-option values to resume")
             model.load_state_dict(ckpt["model"], strict=True)
             ts = ckpt["train_state"]
             optimizer.load_state_dict(ts["optimizer"])
