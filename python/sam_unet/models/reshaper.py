@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layer_norm_2d import LayerNorm2d
+from .common import LayerNorm2d
 
 
 class Reshaper(nn.Module):

@@ -5,15 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .common import LayerNorm2d
 from .config import SamUNetConfig
-from .image_encoder import ImageEncoder
-from .layer_norm_2d import LayerNorm2d
+from .image_encoder import ImageEncoder, SamImageEncoderViT
 from .mask_decoder import MedMaskDecoder
-from .prompt_encoder import PromptEncoder
+from .prompt_encoder import PromptEncoder, SamPromptEncoder
 from .reshaper import Reshaper
 from .resnet import ResNetBranch
-from .sam_image_encoder import SamImageEncoderViT
-from .sam_prompt_encoder import SamPromptEncoder
 
 
 def _upsample4(c_in: int, c_mid: int, c_out: int) -> nn.Sequential:
