@@ -6,7 +6,8 @@
 namespace py = pybind11;
 
 namespace sam_unet::bindings {
-void register_ops(py::module_& m);  // csrc/bindings/ops.cpp
+void register_ops(py::module_& m);     // csrc/bindings/ops.cpp
+void register_slices(py::module_& m);  // csrc/bindings/slices.cpp
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -27,4 +28,5 @@ PYBIND11_MODULE(_C, m) {
       "Dict: version, with_cuda, cuda_version (CUDART_VERSION, 0 without CUDA), "
       "cuda_driver_version, device_count (0 when no driver or device), with_openmp.");
   sam_unet::bindings::register_ops(m);
+  sam_unet::bindings::register_slices(m);
 }

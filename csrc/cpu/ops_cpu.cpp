@@ -15,6 +15,7 @@
 #include "sam_unet/check.h"
 #include "sam_unet/half.h"
 #include "sam_unet/ops.h"
+#include "sam_unet/parallel.h"
 #include "sam_unet/resample.h"
 
 namespace sam_unet {
@@ -392,7 +393,7 @@ void preprocess_typed(const PreprocessParams& p) {
   const int64_t groups = (r.n + G - 1) / G;
   std::atomic<bool> nonfinite{false};
   OutT* out = static_cast<OutT*>(p.out);
-#pragma omp parallel
+#pragma omp parallel if (parallel_ok())
   {
     std::vector<uint8_t> u8((size_t)G * r.H * r.W + kMaxTaps), tmp, res, vlut;
     std::vector<double> offset(G), denom(G);
@@ -527,7 +528,7 @@ void postprocess_slices_inner(const PostprocessParams& p, const SliceRun& r, boo
   // contiguous runs of n floats with scalar weights.
   float* Ls = scratch((size_t)map * n, 0);
   float* T = scratch((size_t)kLogitSize * W * n, 1);
-#pragma omp parallel
+#pragma omp parallel if (parallel_ok())
   {
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < kLogitSize; ++b) {
@@ -554,7 +555,7 @@ void postprocess_slices_inner(const PostprocessParams& p, const SliceRun& r, boo
   }
   uint8_t* base = static_cast<uint8_t*>(p.out.data) + r.z0 * r.s_slice;
   const int64_t step = r.s_slice;  // +1 or -1
-#pragma omp parallel
+#pragma omp parallel if (parallel_ok())
   {
     std::vector<uint8_t> buf(step < 0 ? n : 0);
 #pragma omp for schedule(static)
@@ -611,7 +612,7 @@ void postprocess_typed(const PostprocessParams& p) {
   // shared. Each output row is then 4 contiguous rows of T blended with the row weights:
   // vectorisable, no per-voxel gathers.
   float* T = scratch((size_t)r.n * kLogitSize * r.W, 1);
-#pragma omp parallel
+#pragma omp parallel if (parallel_ok())
   {
     // Per slice: Lt[a][b] (logit column a as a contiguous run over rows b), P[w][b] = the column
     // operator applied as blends of those runs, then T[s][b][w] = P[w][b] (a transpose).
@@ -646,7 +647,7 @@ void postprocess_typed(const PostprocessParams& p) {
       transpose_to_rows(P.data(), Ts, r.W);
     }
   }
-#pragma omp parallel
+#pragma omp parallel if (parallel_ok())
   {
     std::vector<uint8_t> rowbuf(G * r.W);
     std::vector<Composed> cy;

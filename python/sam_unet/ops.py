@@ -16,7 +16,15 @@ import numpy as np
 from sam_unet._native import native
 from sam_unet.transforms import check_window, resized_shape
 
-__all__ = ["postprocess", "preprocess", "resized_shape", "scale_boxes"]
+__all__ = [
+    "gather_slices",
+    "postprocess",
+    "preprocess",
+    "reads_natively",
+    "resized_shape",
+    "scale_boxes",
+    "scatter_slices",
+]
 
 ArrayLike = Any  # numpy.ndarray | torch.Tensor | cupy.ndarray
 
@@ -155,3 +163,110 @@ def scale_boxes(
     if b.ndim != 2 or b.shape[-1] != 4:
         raise ValueError(f"boxes must be (N, 4), got shape {b.shape}")
     return native().scale_boxes(b, h, w, h2, w2)
+
+
+# --------------------------------------------------------------------------------------------
+# what preprocess reads in place
+# --------------------------------------------------------------------------------------------
+_NATIVE_DTYPES = frozenset(
+    np.dtype(d) for d in (np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64)
+)
+
+
+def reads_natively(array: ArrayLike) -> bool:
+    """Whether :func:`preprocess` reads ``array`` in place: its dtype and byte order are ones
+    the native op reads (NumPy, torch or CuPy arrays). Anything else is converted per slab by
+    the caller (e.g. to float32 or float64)."""
+    dtype = getattr(array, "dtype", None)
+    if dtype is None:
+        return False
+    if _is_torch(array):
+        import torch
+
+        return dtype in (torch.uint8, torch.int16, torch.int32, torch.float32, torch.float64)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        return False
+    return dt.isnative and dt in _NATIVE_DTYPES
+
+
+# --------------------------------------------------------------------------------------------
+# gather / scatter of slices (host side of the GPU pipeline)
+# --------------------------------------------------------------------------------------------
+def _raw_host(x: ArrayLike, name: str, *, writable: bool = False) -> np.ndarray:
+    """A NumPy view of a host array (NumPy or torch CPU tensor) as unsigned integers of its item
+    size: the copy moves bytes, so bool, float16, bfloat16 and either byte order all pass."""
+    if _is_torch(x):
+        if x.is_cuda:
+            raise ValueError(
+                f"{name} is a CUDA tensor; gather_slices/scatter_slices work on host arrays"
+            )
+        t = x.detach()
+        size = t.element_size()
+        if size not in (1, 2, 4, 8):
+            raise ValueError(f"{name}: item size must be 1, 2, 4 or 8 bytes, got {size}")
+        import torch
+
+        unsigned = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[size]
+        a = t.view(unsigned).numpy()
+    elif isinstance(x, np.ndarray):
+        a = x
+    elif hasattr(x, "__cuda_array_interface__"):
+        raise ValueError(
+            f"{name} is a CUDA array; gather_slices/scatter_slices work on host arrays"
+        )
+    else:
+        raise ValueError(
+            f"{name} must be a NumPy array or a torch CPU tensor, got {type(x).__name__}"
+        )
+    size = a.dtype.itemsize
+    if size not in (1, 2, 4, 8):
+        raise ValueError(f"{name}: item size must be 1, 2, 4 or 8 bytes, got {a.dtype}")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name} must be writable (it is a read-only array)")
+    return a.view(np.dtype(f"u{size}"))
+
+
+def _dtype_name(x: ArrayLike) -> str:
+    return str(x.dtype).replace("torch.", "")
+
+
+def _check_same_dtype(a: ArrayLike, an: str, b: ArrayLike, bn: str) -> None:
+    da, db = _dtype_name(a), _dtype_name(b)
+    if da != db and not (
+        isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
+    ):
+        raise ValueError(f"{an} is {da} but {bn} is {db}; both need the same dtype")
+
+
+def gather_slices(volume: ArrayLike, out: ArrayLike, *, z0: int, n: int, axis: int = -1) -> None:
+    """Copy slices ``[z0, z0 + n)`` along ``axis`` of a (X, Y, Z) host volume into ``out``.
+
+    Args:
+        volume: 3D NumPy array or torch CPU tensor, any dtype of 1, 2, 4 or 8 bytes, any strides
+            (negative included, e.g. a flipped view).
+        out: C-contiguous (n, H, W) array of the same dtype (NumPy or torch, pinned or not), H and
+            W the two remaining axes of the volume in order (slice k is ``volume[:, :, z0 + k]``
+            for axis -1).
+        z0, n, axis: the run of slices.
+
+    Multi-threaded C++ (OpenMP): row copies where both sides share their contiguous axis,
+    tiled transposes where they do not (C order sliced along Z, Fortran order).
+    """
+    vol = _raw_host(volume, "volume")
+    dst = _raw_host(out, "out", writable=True)
+    _check_same_dtype(volume, "volume", out, "out")
+    native().gather_slices(vol, dst, int(z0), int(n), int(axis))
+
+
+def scatter_slices(
+    slab: ArrayLike, out_volume: ArrayLike, *, z0: int, n: int, axis: int = -1
+) -> None:
+    """The reverse of :func:`gather_slices`: a C-contiguous (n, H, W) ``slab`` -> slices
+    ``[z0, z0 + n)`` along ``axis`` of ``out_volume`` (3D, same dtype, any strides). Slices
+    outside the run are left untouched."""
+    src = _raw_host(slab, "slab")
+    vol = _raw_host(out_volume, "out_volume", writable=True)
+    _check_same_dtype(slab, "slab", out_volume, "out_volume")
+    native().scatter_slices(src, vol, int(z0), int(n), int(axis))

@@ -1,0 +1,242 @@
+// Strided 3D copies on the CPU (gather slices into a slab, scatter a slab back): the loops follow
+// memory order; where the two arrays' contiguous axes differ, the copy is a tiled transpose with
+// 16-byte SSE2 register transposes, so both sides stream.
+#include "sam_unet/slices.h"
+
+#include <algorithm>
+#include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "sam_unet/check.h"
+#include "sam_unet/ops.h"
+#include "sam_unet/parallel.h"
+
+namespace sam_unet {
+namespace {
+
+constexpr int64_t kMinParallelBytes = 256 << 10;  // below this one thread is as fast
+
+int64_t mag(int64_t v) { return v < 0 ? -v : v; }
+
+struct Plan {
+  const char* src;
+  char* dst;
+  int64_t dim[3], ss[3], ds[3];  // strides in elements
+  int es;                        // element size
+};
+
+// Walk axis k backwards on both sides (the same copy, described from the other end).
+void flip(Plan& p, int k) {
+  p.src += (p.dim[k] - 1) * p.ss[k] * p.es;
+  p.ss[k] = -p.ss[k];
+  p.dst += (p.dim[k] - 1) * p.ds[k] * p.es;
+  p.ds[k] = -p.ds[k];
+}
+
+// The axis of smallest |stride| among those longer than 1 (the later axis on ties), -1 if none.
+int fast_axis(const int64_t* st, const int64_t* dim) {
+  int best = -1;
+  for (int k = 2; k >= 0; --k) {
+    if (dim[k] <= 1) continue;
+    if (best < 0 || mag(st[k]) < mag(st[best])) best = k;
+  }
+  return best;
+}
+
+// Both arrays run along axis f: rows along f, merged with the next axes where both sides stay
+// contiguous (a slice-major volume is one block), long rows split into 64 KB pieces.
+template <typename E>
+void copy_rows(const Plan& p, int f) {
+  int o1 = f == 0 ? 1 : 0, o0 = f == 2 ? 1 : 2;
+  if (mag(p.ds[o1]) > mag(p.ds[o0])) std::swap(o0, o1);  // o1: the next-fastest on the dst side
+  int64_t len = p.dim[f], n1 = p.dim[o1], n0 = p.dim[o0];
+  const int64_t sf = p.ss[f], df = p.ds[f];
+  const bool contiguous = sf == 1 && df == 1;
+  if (contiguous && (n1 == 1 || (p.ss[o1] == len && p.ds[o1] == len))) {
+    len *= n1;
+    n1 = 1;
+    if (n0 == 1 || (p.ss[o0] == len && p.ds[o0] == len)) {
+      len *= n0;
+      n0 = 1;
+    }
+  }
+  const int64_t chunk = contiguous ? std::max<int64_t>(1, (64 << 10) / (int64_t)sizeof(E)) : len;
+  const int64_t pieces = (len + chunk - 1) / chunk;
+  const int64_t tasks = n0 * n1 * pieces;
+  const int64_t bytes = n0 * n1 * len * (int64_t)sizeof(E);
+  const E* src = reinterpret_cast<const E*>(p.src);
+  E* dst = reinterpret_cast<E*>(p.dst);
+#pragma omp parallel for schedule(static) if (parallel_ok(bytes, kMinParallelBytes))
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t piece = t % pieces, row = t / pieces;
+    const int64_t i1 = row % n1, i0 = row / n1;
+    const int64_t start = piece * chunk, count = std::min(chunk, len - start);
+    const E* s = src + i0 * p.ss[o0] + i1 * p.ss[o1] + start * sf;
+    E* d = dst + i0 * p.ds[o0] + i1 * p.ds[o1] + start * df;
+    if (contiguous) {
+      std::memcpy(d, s, (size_t)count * sizeof(E));
+    } else {
+      for (int64_t k = 0; k < count; ++k) d[k * df] = s[k * sf];
+    }
+  }
+}
+
+#if defined(__SSE2__)
+template <int ES>
+inline __m128i unpack_lo(__m128i x, __m128i y) {
+  if constexpr (ES == 1) return _mm_unpacklo_epi8(x, y);
+  else if constexpr (ES == 2) return _mm_unpacklo_epi16(x, y);
+  else if constexpr (ES == 4) return _mm_unpacklo_epi32(x, y);
+  else return _mm_unpacklo_epi64(x, y);
+}
+template <int ES>
+inline __m128i unpack_hi(__m128i x, __m128i y) {
+  if constexpr (ES == 1) return _mm_unpackhi_epi8(x, y);
+  else if constexpr (ES == 2) return _mm_unpackhi_epi16(x, y);
+  else if constexpr (ES == 4) return _mm_unpackhi_epi32(x, y);
+  else return _mm_unpackhi_epi64(x, y);
+}
+
+// An R x R block (R = 16 / sizeof(E)): source row j (R contiguous elements) at s + j*sb becomes
+// column j of the destination, whose row i is at d + i*da. log2(R) rounds of interleaving row k
+// with row k + R/2 leave the transpose.
+template <typename E>
+inline void transpose_block(const E* s, int64_t sb, E* d, int64_t da) {
+  constexpr int R = 16 / (int)sizeof(E);
+  __m128i r[R], t[R];
+  for (int j = 0; j < R; ++j) r[j] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + j * sb));
+  for (int round = 1; round < R; round *= 2) {
+    for (int k = 0; k < R / 2; ++k) {
+      t[2 * k] = unpack_lo<sizeof(E)>(r[k], r[k + R / 2]);
+      t[2 * k + 1] = unpack_hi<sizeof(E)>(r[k], r[k + R / 2]);
+    }
+    for (int j = 0; j < R; ++j) r[j] = t[j];
+  }
+  for (int i = 0; i < R; ++i) _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i * da), r[i]);
+}
+#endif
+
+// One tile [a0, a1) x [b0, b1): element (a, b) from s + a*sa + b*sb to d + a*da + b*db.
+template <typename E>
+void copy_tile(const E* s, E* d, int64_t a0, int64_t a1, int64_t b0, int64_t b1, int64_t sa,
+               int64_t sb, int64_t da, int64_t db) {
+#if defined(__SSE2__)
+  if (sa == 1 && db == 1) {
+    constexpr int64_t R = 16 / (int64_t)sizeof(E);
+    int64_t b = b0;
+    for (; b + R <= b1; b += R) {
+      int64_t a = a0;
+      for (; a + R <= a1; a += R) transpose_block<E>(s + a + b * sb, sb, d + a * da + b, da);
+      for (; a < a1; ++a)
+        for (int64_t k = b; k < b + R; ++k) d[a * da + k] = s[a + k * sb];
+    }
+    for (; b < b1; ++b)
+      for (int64_t a = a0; a < a1; ++a) d[a * da + b] = s[a + b * sb];
+    return;
+  }
+#endif
+  for (int64_t a = a0; a < a1; ++a)
+    for (int64_t b = b0; b < b1; ++b) d[a * da + b * db] = s[a * sa + b * sb];
+}
+
+// The source runs along axis a, the destination along axis b != a: tiles of (a, b) per index of
+// the third axis, a innermost so consecutive tiles continue the same source lines.
+template <typename E>
+void copy_transposed(const Plan& p, int a, int b) {
+  const int c = 3 - a - b;
+  constexpr int64_t T = sizeof(E) <= 2 ? 64 : 32;
+  const int64_t ta = (p.dim[a] + T - 1) / T, tb = (p.dim[b] + T - 1) / T;
+  const int64_t tasks = p.dim[c] * tb * ta;
+  const int64_t bytes = p.dim[0] * p.dim[1] * p.dim[2] * (int64_t)sizeof(E);
+  const E* src = reinterpret_cast<const E*>(p.src);
+  E* dst = reinterpret_cast<E*>(p.dst);
+#pragma omp parallel for schedule(static) if (parallel_ok(bytes, kMinParallelBytes))
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t ia = t % ta, rest = t / ta;
+    const int64_t ib = rest % tb, ic = rest / tb;
+    const int64_t a0 = ia * T, b0 = ib * T;
+    copy_tile<E>(src + ic * p.ss[c], dst + ic * p.ds[c], a0, std::min(p.dim[a], a0 + T), b0,
+                 std::min(p.dim[b], b0 + T), p.ss[a], p.ss[b], p.ds[a], p.ds[b]);
+  }
+}
+
+template <typename E>
+void copy_typed(Plan p) {
+  const int fd = fast_axis(p.ds, p.dim);
+  if (fd < 0) {  // a single element
+    std::memcpy(p.dst, p.src, sizeof(E));
+    return;
+  }
+  if (p.ds[fd] < 0) flip(p, fd);
+  const int fs = fast_axis(p.ss, p.dim);
+  if (fs == fd) return copy_rows<E>(p, fd);
+  if (p.ss[fs] < 0) flip(p, fs);
+  copy_transposed<E>(p, fs, fd);
+}
+
+}  // namespace
+
+void copy_strided_cpu(const void* src, const int64_t src_strides[3], void* dst,
+                      const int64_t dst_strides[3], const int64_t shape[3], int itemsize) {
+  SAMUNET_CHECK(itemsize == 1 || itemsize == 2 || itemsize == 4 || itemsize == 8,
+                "item size must be 1, 2, 4 or 8 bytes, got ", itemsize);
+  Plan p{static_cast<const char*>(src), static_cast<char*>(dst), {}, {}, {}, itemsize};
+  for (int k = 0; k < 3; ++k) {
+    SAMUNET_CHECK(shape[k] >= 0, "negative extent ", shape[k]);
+    if (shape[k] == 0) return;
+    p.dim[k] = shape[k];
+    p.ss[k] = src_strides[k];
+    p.ds[k] = dst_strides[k];
+  }
+  switch (itemsize) {
+    case 1: copy_typed<uint8_t>(p); break;
+    case 2: copy_typed<uint16_t>(p); break;
+    case 4: copy_typed<uint32_t>(p); break;
+    default: copy_typed<uint64_t>(p); break;
+  }
+}
+
+namespace {
+
+// The run [z0, z0 + n) as a (n, H, W) strided array: base pointer and element strides.
+const char* run_geometry(const StridedVolume& vol, int axis, int64_t z0, int64_t n, int64_t st[3],
+                         int64_t shape[3]) {
+  SAMUNET_CHECK(vol.itemsize == 1 || vol.itemsize == 2 || vol.itemsize == 4 || vol.itemsize == 8,
+                "volume: item size must be 1, 2, 4 or 8 bytes, got ", vol.itemsize);
+  Volume3D v;
+  v.data = vol.data;
+  for (int k = 0; k < 3; ++k) {
+    v.shape[k] = vol.shape[k];
+    v.strides[k] = vol.strides[k];
+  }
+  const SliceRun r = make_slice_run(v, axis, z0, n);
+  st[0] = r.s_slice;
+  st[1] = r.s_h;
+  st[2] = r.s_w;
+  shape[0] = r.n;
+  shape[1] = r.H;
+  shape[2] = r.W;
+  return static_cast<const char*>(vol.data) + r.z0 * r.s_slice * vol.itemsize;
+}
+
+}  // namespace
+
+void gather_slices_cpu(const StridedVolume& vol, int axis, int64_t z0, int64_t n, void* slab) {
+  int64_t st[3], shape[3];
+  const char* base = run_geometry(vol, axis, z0, n, st, shape);
+  const int64_t contiguous[3] = {shape[1] * shape[2], shape[2], 1};
+  copy_strided_cpu(base, st, slab, contiguous, shape, vol.itemsize);
+}
+
+void scatter_slices_cpu(const void* slab, const StridedVolume& vol, int axis, int64_t z0,
+                        int64_t n) {
+  int64_t st[3], shape[3];
+  const char* base = run_geometry(vol, axis, z0, n, st, shape);
+  const int64_t contiguous[3] = {shape[1] * shape[2], shape[2], 1};
+  copy_strided_cpu(slab, contiguous, const_cast<char*>(base), st, shape, vol.itemsize);
+}
+
+}  // namespace sam_unet
