@@ -4,6 +4,12 @@ The published recipe: focal + 20 x Dice (see :mod:`sam_unet.train.losses`), Adam
 MultiStepLR at epochs 5 and 10 (gamma 0.5), several masks per image (5, drawn with
 replacement), box prompts from the largest component with jitter, SAM ViT frozen.
 
+:class:`Trainer` runs it in named steps: :meth:`~Trainer.start_process` (device, process
+group), :meth:`~Trainer.setup` (model, data, optimizer, schedule), :meth:`~Trainer.resume`,
+:meth:`~Trainer.train_epoch` (made of :meth:`~Trainer.train_step`), :meth:`~Trainer.end_epoch`
+(schedule, :meth:`~Trainer.validate`, :meth:`~Trainer.save_checkpoint`) and
+:meth:`~Trainer.finish`; :func:`train` is ``Trainer(cfg).run()``.
+
 Reproducibility: the order of the data (a DistributedSampler seeded with ``seed`` and the epoch)
 and every augmentation choice (``numpy.random.default_rng([seed, epoch, index])`` in the
 dataset) depend on (seed, epoch, index) only, never on global RNG state, so ``resume`` from a
@@ -17,91 +23,34 @@ checkpoints.save_checkpoint: the model state dict in the published layout under 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-AMP_MODES = ("none", "bf16", "fp16")
-SCHEDULES = ("step", "cosine")
+from sam_unet.train.config import AMP_MODES, SCHEDULES, TrainConfig
+from sam_unet.train.reproducibility import rng_state, seed_all, set_rng_state, state_hash
+from sam_unet.train.run_log import RunLog
+from sam_unet.train.schedule import (
+    cosine_lr_factor,
+    load_scheduler_state,
+    make_scheduler,
+    scheduler_state,
+)
+
+__all__ = ["AMP_MODES", "SCHEDULES", "TrainConfig", "Trainer", "build_training_model",
+           "cosine_lr_factor", "state_hash", "train"]
 
 
-def cosine_lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """lr multiplier before optimizer step ``step + 1`` of ``total``: linear warm-up over
-    ``warmup`` steps, then a cosine from 1 down to ``min_ratio`` at the last step."""
-    if step < warmup:
-        return (step + 1) / warmup
-    span = max(1, total - warmup - 1)
-    t = min(1.0, (step - warmup) / span)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-@dataclass
-class TrainConfig:
-    data: list[str]
-    out: str
-    val: list[str] | None = None  # default: the test/ split of ``data`` folders that have one
-    variant: str = "tiny"
-    model_options: dict = field(default_factory=dict)  # SamUNetConfig overrides for a new model
-    sam_checkpoint: str | None = None
-    resnet_checkpoint: str | None = None
-    init_checkpoint: str | None = None  # start from a SAM-UNet checkpoint (fine-tuning)
-    freeze_encoder: bool | None = None  # None: frozen unless tiny without SAM weights
-    prompt: str = "box"
-    masks_per_image: int = 5
-    jitter: bool = True
-    augment: str = ""
-    batch_size: int = 2
-    epochs: int = 15
-    max_steps: int | None = None
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    schedule: str = "step"  # "step": MultiStepLR per epoch (published); "cosine": per step
-    milestones: tuple[int, ...] = (5, 10)
-    gamma: float = 0.5
-    warmup_epochs: float = 0.0  # cosine: linear warm-up from 0 over this many epochs
-    min_lr_ratio: float = 0.01  # cosine: the last step's lr as a fraction of lr
-    focal_weight: float = 1.0
-    dice_weight: float = 20.0
-    seed: int = 0
-    num_workers: int = 0
-    device: str = "auto"
-    amp: str = "none"
-    threads: int | None = None
-    resume: str | None = None  # a last.pt, or "auto" (out/last.pt when it exists)
-    val_every: int = 1  # epochs
-    val_start: int = 1  # the first epoch validated (best.pt is chosen from epochs >= this)
-    val_max_images: int | None = None
-    val_metric: str = "mean"  # "mean": mean per-mask Dice; "volume": mean 3D Dice per volume
-    sync_bn: bool = True
-    quiet: bool = False
-    tensorboard: bool = True
-    write_state_hash: bool = False
-    log_every: int = 1
-    extra: dict = field(default_factory=dict)
-
-
-def state_hash(model) -> str:
-    """SHA-256 over the state dict (keys in order, dtype, shape and bytes)."""
-    import torch
-
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        t = v.detach().cpu().contiguous()
-        h.update(k.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.dim() else
-                 t.reshape(1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def train(cfg: TrainConfig) -> dict:
+    """Run training as configured; returns a summary dict (rank 0's view)."""
+    return Trainer(cfg).run()
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -126,113 +75,25 @@ def _resolve_device(spec: str, local_rank: int):
     return dev
 
 
-class _TrainStep:
-    """A module wrapper so DDP sees encode + decode as one forward."""
-
-    @staticmethod
-    def make(model):
-        import torch
-
-        class Step(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.model = m
-
-            def forward(self, images, boxes, image_index):
-                emb, ms = self.model.encode(images)
-                return self.model.decode(emb, ms, boxes, image_index)
-
-        return Step(model)
-
-
-def _rng_state() -> dict:
-    """Global RNG states in a form torch.load(weights_only=True) accepts."""
-    import random
-
+def _joint_forward(model):
+    """A module whose forward is encode + decode, so DDP sees one forward per step."""
     import torch
 
-    mt = np.random.get_state()  # noqa: NPY002 - saving the legacy global state on purpose
-    py = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(mt[1].astype(np.int64)), "pos": int(mt[2]),
-                  "has_gauss": int(mt[3]), "cached_gaussian": float(mt[4])},
-        "python": {"version": py[0], "state": list(py[1]), "gauss": py[2]},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    class EncodeDecode(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
 
+        def forward(self, images, boxes, image_index):
+            emb, ms = self.model.encode(images)
+            return self.model.decode(emb, ms, boxes, image_index)
 
-def _set_rng_state(state: dict) -> None:
-    import random
-
-    import torch
-
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "numpy" in state:
-        n = state["numpy"]
-        keys = n["keys"].numpy().astype(np.uint32)
-        legacy = ("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"])
-        np.random.set_state(legacy)  # noqa: NPY002 - restoring the legacy global state
-    if "python" in state:
-        p = state["python"]
-        random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _scheduler_state(scheduler) -> dict:
-    sd = dict(scheduler.state_dict())
-    if "milestones" in sd:
-        sd["milestones"] = {int(k): int(v) for k, v in dict(sd["milestones"]).items()}
-    return sd
-
-
-def _load_scheduler_state(scheduler, sd: dict) -> None:
-    from collections import Counter
-
-    sd = dict(sd)
-    if "milestones" in sd:
-        sd["milestones"] = Counter({int(k): int(v) for k, v in sd["milestones"].items()})
-    scheduler.load_state_dict(sd)
-
-
-def _seed_all(seed: int) -> None:
-    import random
-
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - third-party code may use the global RNG
-    torch.manual_seed(seed)
-
-
-def _save(model, path: Path, **extra) -> None:
-    from sam_unet import checkpoints
-
-    checkpoints.save_checkpoint(model, path, **extra)  # atomic (temporary file + os.replace)
-
-
-class _CsvLog:
-    def __init__(self, path: Path, fields: list[str], append: bool) -> None:
-        self.path, self.fields = path, fields
-        new = not (append and path.exists())
-        self.fh = open(path, "w" if new else "a", newline="", encoding="utf-8")
-        self.w = csv.DictWriter(self.fh, fieldnames=fields)
-        if new:
-            self.w.writeheader()
-
-    def write(self, row: dict) -> None:
-        self.w.writerow({k: row.get(k, "") for k in self.fields})
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
+    return EncodeDecode(model)
 
 
 def _collate(batch):
+    """Dataset items -> (images (B,3,256,256) f32, masks (B,K,256,256) u8, boxes (B,K,4) f32,
+    resized_hw (B,2))."""
     import torch
 
     images = torch.from_numpy(np.stack([b["image"] for b in batch]))
@@ -280,305 +141,356 @@ def build_training_model(cfg: TrainConfig, log=print):
     return model
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run training as configured; returns a summary dict (rank 0's view)."""
+def _read_training_checkpoint(path: str) -> dict:
     import torch
-    import torch.distributed as dist
-    from tqdm import tqdm
 
-    from sam_unet.data.dataset import TestDataset, TrainDataset
-    from sam_unet.train.evaluate import evaluate_model
-    from sam_unet.train.losses import SegLoss
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint to resume from")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
+        raise ValueError(f"{path}: cannot read the checkpoint ({exc})") from exc
+    if "train_state" not in ckpt:
+        raise ValueError(f"{path}: not a training checkpoint (no 'train_state')")
+    return ckpt
 
-    if cfg.val_metric not in ("mean", "volume"):
-        raise ValueError(f"val_metric must be 'mean' or 'volume', got {cfg.val_metric!r}")
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
-    if cfg.amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, got {cfg.amp!r}")
-    if cfg.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    world, rank, local_rank = _dist_env()
-    distributed = world > 1
-    device = _resolve_device(cfg.device, local_rank)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    if distributed and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-    is_main = rank == 0
-    out = Path(cfg.out)
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    if distributed:
-        dist.barrier()
 
-    def log(msg: str) -> None:
-        if is_main and not cfg.quiet:
+class Trainer:
+    """One training run of ``cfg``, in this process (one rank under torchrun).
+
+    State shared by the steps: ``model`` (the plain SamUNet, saved as is), ``forward`` (its
+    encode + decode step, DDP-wrapped when distributed), ``optimizer``, ``scheduler``,
+    ``scaler``, ``sampler``, the datasets, ``epoch`` / ``step`` (completed ones) and ``best``
+    (best validation Dice so far, -1 before any).
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        cfg.check()
+        self.cfg = cfg
+        self.world, self.rank, self.local_rank = _dist_env()
+        self.distributed = self.world > 1
+        self.is_main = self.rank == 0
+        self.out = Path(cfg.out)
+        self.epoch, self.step, self.best = 0, 0, -1.0
+        self.resumed = False
+        self.have_best = False
+        self.last_loss: float | None = None
+        self.losses: list[float] = []
+        self.val_result: dict | None = None
+        self.logs: RunLog | None = None
+
+    # -- the whole run ----------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """start_process -> setup -> resume -> epochs -> finish; returns the summary."""
+        import torch.distributed as dist
+
+        self.start_process()
+        try:
+            self.setup()
+            path = self.resume_path()
+            if path:
+                self.resume(path)
+            # Decided on every rank before any checkpoint of this run is written (no races).
+            self.have_best = self.resumed and (self.out / "best.pt").exists()
+            self.logs = RunLog(self.out, enabled=self.is_main, append=self.resumed,
+                               tensorboard=self.cfg.tensorboard)
+            self.config_dict = json.loads(json.dumps(dataclasses.asdict(self.cfg)))
+            self.t_start = time.time()
+            self.model.train()
+            while self.step < self.max_steps and self.epoch < self.cfg.epochs:
+                self.train_epoch()
+                if self.step - self.epoch * self.steps_per_epoch >= self.steps_per_epoch:
+                    self.end_epoch()
+            return self.finish()
+        finally:
+            if self.distributed and dist.is_initialized():
+                dist.destroy_process_group()
+
+    def log(self, msg: str) -> None:
+        if self.is_main and not self.cfg.quiet:
+            from tqdm import tqdm
+
             tqdm.write(msg, file=sys.stderr)
 
-    try:
-        _seed_all(cfg.seed)
-        model = build_training_model(cfg, log)
+    # -- steps ------------------------------------------------------------------------------
+
+    def start_process(self) -> None:
+        """Device, CPU threads, the process group (under torchrun) and the run folder."""
+        import torch
+        import torch.distributed as dist
+
+        self.device = _resolve_device(self.cfg.device, self.local_rank)
+        if self.cfg.threads:
+            torch.set_num_threads(int(self.cfg.threads))
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if self.distributed:
+            dist.barrier()
+
+    def setup(self) -> None:
+        """Seed, build the model, the datasets, the optimizer, AMP and the schedule.
+
+        The order is fixed: it decides the initial weights (global RNG after seeding)."""
+        import torch
+
+        from sam_unet.data.dataset import TestDataset, TrainDataset
+        from sam_unet.train.losses import SegLoss
+
+        cfg, device = self.cfg, self.device
+        seed_all(cfg.seed)
+        model = build_training_model(cfg, self.log)
         model.to(device)
-        use_sync_bn = distributed and cfg.sync_bn and device.type == "cuda"
-        if use_sync_bn:
+        if self.distributed and cfg.sync_bn and device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif distributed and cfg.sync_bn:
-            log("note: SyncBatchNorm needs a GPU; on the CPU BatchNorm statistics are local and "
-                "the buffers are broadcast from rank 0 at every step (DDP broadcast_buffers)")
-        train_ds = TrainDataset(cfg.data, masks_per_image=cfg.masks_per_image, prompt=cfg.prompt,
-                                jitter=cfg.jitter, augment=cfg.augment, seed=cfg.seed)
+        elif self.distributed and cfg.sync_bn:
+            self.log("note: SyncBatchNorm needs a GPU; on the CPU BatchNorm statistics are "
+                     "local and the buffers are broadcast from rank 0 at every step (DDP "
+                     "broadcast_buffers)")
+        self.model = model
+        self.train_ds = TrainDataset(cfg.data, masks_per_image=cfg.masks_per_image,
+                                     prompt=cfg.prompt, jitter=cfg.jitter, augment=cfg.augment,
+                                     seed=cfg.seed)
         val_folders = cfg.val if cfg.val is not None else _default_val_folders(cfg.data)
         val_ds = TestDataset(val_folders, prompt=cfg.prompt) if val_folders else None
-        if val_ds is not None and len(val_ds) == 0:
-            val_ds = None
+        self.val_ds = val_ds if val_ds is not None and len(val_ds) > 0 else None
 
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-        criterion = SegLoss(cfg.focal_weight, cfg.dice_weight)
-        scaler = torch.amp.GradScaler("cuda", enabled=(cfg.amp == "fp16" and device.type == "cuda"))
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-        if amp_dtype is not None and device.type != "cuda":
-            log("note: AMP is used on CUDA only; training in float32")
-            amp_dtype = None
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                          fused=True)
+        self.criterion = SegLoss(cfg.focal_weight, cfg.dice_weight)
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=(cfg.amp == "fp16" and device.type == "cuda"))
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        if self.amp_dtype is not None and device.type != "cuda":
+            self.log("note: AMP is used on CUDA only; training in float32")
+            self.amp_dtype = None
 
-        step_module = _TrainStep.make(model)
-        if distributed:
-            ddp = torch.nn.parallel.DistributedDataParallel(
+        step_module = _joint_forward(model)
+        if self.distributed:
+            self.forward = torch.nn.parallel.DistributedDataParallel(
                 step_module,
                 device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True,
                 broadcast_buffers=True,
             )
         else:
-            ddp = step_module
+            self.forward = step_module
 
-        sampler = torch.utils.data.DistributedSampler(
-            range(len(train_ds)), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
-            drop_last=False)
-        steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
-        per_step_schedule = cfg.schedule == "cosine"
-        if per_step_schedule:
-            total = steps_per_epoch * cfg.epochs
-            warm = round(cfg.warmup_epochs * steps_per_epoch)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda i: cosine_lr_factor(i, total, warm, cfg.min_lr_ratio))
-        else:
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(
-                optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+        self.sampler = torch.utils.data.DistributedSampler(
+            range(len(self.train_ds)), num_replicas=self.world, rank=self.rank, shuffle=True,
+            seed=cfg.seed, drop_last=False)
+        self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.batch_size)
+        self.per_step_schedule = cfg.schedule == "cosine"
+        self.scheduler = make_scheduler(
+            self.optimizer, schedule=cfg.schedule, steps_per_epoch=self.steps_per_epoch,
+            epochs=cfg.epochs, milestones=cfg.milestones, gamma=cfg.gamma,
+            warmup_epochs=cfg.warmup_epochs, min_lr_ratio=cfg.min_lr_ratio)
+        max_steps = cfg.max_steps if cfg.max_steps is not None else \
+            self.steps_per_epoch * cfg.epochs
+        self.max_steps = min(max_steps, self.steps_per_epoch * cfg.epochs)
 
-        epoch, step, best = 0, 0, -1.0
-        resume = cfg.resume
+    def resume_path(self) -> str | None:
+        """The checkpoint to resume from: ``cfg.resume``, or with "auto" out/last.pt if any."""
+        resume = self.cfg.resume
         if resume == "auto":
-            resume = str(out / "last.pt") if (out / "last.pt").exists() else None
-        if resume:
-            if not Path(resume).is_file():
-                raise FileNotFoundError(f"{resume}: no such checkpoint to resume from")
-            try:
-                ckpt = torch.load(resume, map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
-                raise ValueError(f"{resume}: cannot read the checkpoint ({exc})") from exc
-            if "train_state" not in ckpt:
-                raise ValueError(f"{resume}: not a training checkpoint (no 'train_state')")
-            saved, now = ckpt.get("config"), model.config.to_dict()
-            if isinstance(saved, dict) and saved != now:
-                diff = ", ".join(f"{k} {saved.get(k)} in the checkpoint, {now.get(k)} now"
-                                 for k in sorted(set(saved) | set(now))
-                                 if saved.get(k) != now.get(k))
-                raise ValueError(f"{resume}: trained with a different model config ({diff}); "
-                                 "pass the same --variant and --model-option values to resume")
-            model.load_state_dict(ckpt["model"], strict=True)
-            ts = ckpt["train_state"]
-            optimizer.load_state_dict(ts["optimizer"])
-            _load_scheduler_state(scheduler, ts["scheduler"])
-            if "scaler" in ts and ts["scaler"]:
-                scaler.load_state_dict(ts["scaler"])
-            epoch, step, best = int(ts["epoch"]), int(ts["step"]), float(ts["best_dice"])
-            rng = ts.get("rng", {})
-            _set_rng_state(rng[rank] if isinstance(rng, list) and rank < len(rng) else
-                           (rng[0] if isinstance(rng, list) and rng else {}))
-            log(f"resumed from {resume}: epoch {epoch}, step {step}, best Dice {best:.4f}")
+            last = self.out / "last.pt"
+            return str(last) if last.exists() else None
+        return resume or None
 
-        # Decided on every rank before any checkpoint of this run is written (no file races).
-        have_best = bool(resume) and (out / "best.pt").exists()
-        max_steps = cfg.max_steps if cfg.max_steps is not None else steps_per_epoch * cfg.epochs
-        max_steps = min(max_steps, steps_per_epoch * cfg.epochs)
-        train_csv = _CsvLog(out / "train_log.csv",
-                            ["step", "epoch", "loss", "focal", "dice_loss", "lr", "seconds"],
-                            append=bool(resume)) if is_main else None
-        val_csv = _CsvLog(out / "val_log.csv", ["step", "epoch", "dice", "iou", "n"],
-                          append=bool(resume)) if is_main else None
-        tb = None
-        if is_main and cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+    def resume(self, path: str) -> None:
+        """Load weights, optimizer, schedule, scaler, counters and this rank's RNG states."""
+        ckpt = _read_training_checkpoint(path)
+        saved, now = ckpt.get("config"), self.model.config.to_dict()
+        if isinstance(saved, dict) and saved != now:
+            diff = ", ".join(f"{k} {saved.get(k)} in the checkpoint, {now.get(k)} now"
+                             for k in sorted(set(saved) | set(now))
+                             if saved.get(k) != now.get(k))
+            raise ValueError(f"{path}: trained with a different model config ({diff}); "
+                             "pass the same --variant and --model-option values to resume")
+        self.model.load_state_dict(ckpt["model"], strict=True)
+        ts = ckpt["train_state"]
+        self.optimizer.load_state_dict(ts["optimizer"])
+        load_scheduler_state(self.scheduler, ts["scheduler"])
+        if "scaler" in ts and ts["scaler"]:
+            self.scaler.load_state_dict(ts["scaler"])
+        self.epoch, self.step, self.best = int(ts["epoch"]), int(ts["step"]), \
+            float(ts["best_dice"])
+        rng = ts.get("rng", {})
+        set_rng_state(rng[self.rank] if isinstance(rng, list) and self.rank < len(rng) else
+                      (rng[0] if isinstance(rng, list) and rng else {}))
+        self.resumed = True
+        self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}, best Dice "
+                 f"{self.best:.4f}")
 
-                tb = SummaryWriter(str(out / "tensorboard"))
-            except Exception:  # noqa: BLE001 - tensorboard absent or broken: CSV only
-                tb = None
+    def train_epoch(self) -> None:
+        """The steps left in epoch ``self.epoch`` (all of them, or up to ``max_steps``)."""
+        import torch
+        from tqdm import tqdm
 
-        config_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))
+        cfg = self.cfg
+        self.sampler.set_epoch(self.epoch)
+        indices = list(self.sampler)
+        done_in_epoch = self.step - self.epoch * self.steps_per_epoch
+        keys = [(self.epoch, i) for i in indices[done_in_epoch * cfg.batch_size:]]
+        loader = torch.utils.data.DataLoader(
+            self.train_ds, batch_size=cfg.batch_size, sampler=keys, collate_fn=_collate,
+            num_workers=cfg.num_workers, drop_last=False,
+            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        bar = tqdm(total=self.steps_per_epoch, initial=done_in_epoch, desc=f"epoch {self.epoch}",
+                   unit="step", disable=not self.is_main or cfg.quiet, file=sys.stderr,
+                   dynamic_ncols=True)
+        for batch in loader:
+            self.train_step(batch)
+            bar.set_postfix(loss=f"{self.last_loss:.4f}")
+            bar.update(1)
+            if self.step >= self.max_steps:
+                break
+        bar.close()
 
-        def train_state() -> dict:
-            rng = _rng_state()
-            if distributed:
-                gathered = [None] * world
-                dist.all_gather_object(gathered, rng)
-                rng = gathered
-            else:
-                rng = [rng]
-            return {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": _scheduler_state(scheduler),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "epoch": epoch,
-                "step": step,
-                "best_dice": best,
-                "rng": rng,
-                "world_size": world,
-            }
+    def train_step(self, batch: tuple[Any, Any, Any, Any]) -> None:
+        """One optimizer step on a collated batch; logs its row."""
+        import torch
 
-        def save(path: Path, ts: dict) -> None:
-            if is_main:
-                _save(model, path, train_state=ts, train_config=config_dict)
+        t0 = time.time()
+        device, cfg = self.device, self.cfg
+        images, masks, boxes, hw = batch
+        b, k = masks.shape[:2]
+        images = images.to(device, non_blocking=True)
+        masks = masks.to(device, non_blocking=True).reshape(b * k, *masks.shape[2:])
+        boxes = boxes.to(device).reshape(b * k, 4)
+        hw = hw.to(device).repeat_interleave(k, dim=0)
+        index = torch.arange(b, device=device).repeat_interleave(k)
+        with torch.autocast(device_type=device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            logits = self.forward(images, boxes, index)
+        loss, parts = self.criterion(logits.float(), masks, hw)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.per_step_schedule:
+            self.scheduler.step()
+        self.step += 1
+        self.last_loss = float(loss.detach())
+        self.losses.append(self.last_loss)
+        if self.is_main and self.step % cfg.log_every == 0:
+            self.logs.train_step({
+                "step": self.step, "epoch": self.epoch, "loss": self.last_loss,
+                "focal": float(parts["focal"]), "dice_loss": float(parts["dice_loss"]),
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "seconds": round(time.time() - t0, 4)})
 
-        def validate() -> dict | None:
-            nonlocal best
-            result = None
-            if val_ds is not None and is_main:
-                model.eval()
-                res = evaluate_model(model, val_ds, device=device, quiet=True,
-                                     max_images=cfg.val_max_images, amp=amp_dtype)
-                model.train()
-                result = dict(res["overall"])
-                if cfg.val_metric == "volume" and res["volumes"]:
-                    result["dice"] = float(np.mean([v["dice_3d"] for v in
-                                                    res["volumes"].values()]))
-                    result["iou"] = float(np.mean([v["iou_3d"] for v in
-                                                   res["volumes"].values()]))
-                val_csv.write({"step": step, "epoch": epoch, **result})
-                if tb is not None:
-                    tb.add_scalar("val/dice", result["dice"], step)
-                log(f"epoch {epoch} step {step}: val Dice {result['dice']:.4f} "
-                    f"IoU {result['iou']:.4f} ({result['n']} masks)")
-            if distributed:
-                box = [result]
-                dist.broadcast_object_list(box, src=0)
-                result = box[0]
-            return result
+    def end_epoch(self) -> None:
+        """After a complete epoch: step the per-epoch schedule, validate when due (best.pt on
+        a new best Dice), write last.pt."""
+        cfg = self.cfg
+        if not self.per_step_schedule:
+            self.scheduler.step()
+        self.epoch += 1
+        if self.epoch == cfg.epochs or (self.epoch >= cfg.val_start
+                                        and self.epoch % max(cfg.val_every, 1) == 0):
+            self.val_result = self.validate()
+            if self.val_result is not None and self.val_result["dice"] > self.best:
+                self.best = self.val_result["dice"]
+                self.save_checkpoint("best.pt")
+                self.have_best = True
+        self.save_checkpoint("last.pt")
 
-        t_start = time.time()
-        last_loss = None
-        losses: list[float] = []
-        model.train()
-        done = step >= max_steps
-        val_result = None
-        while not done and epoch < cfg.epochs:
-            indices = list(iter(_EpochSampler(sampler, epoch)))
-            skip = (step - epoch * steps_per_epoch) * cfg.batch_size
-            keys = [(epoch, i) for i in indices[skip:]]
-            loader = torch.utils.data.DataLoader(
-                train_ds, batch_size=cfg.batch_size, sampler=keys, collate_fn=_collate,
-                num_workers=cfg.num_workers, drop_last=False,
-                pin_memory=device.type == "cuda",
-                persistent_workers=False)
-            bar = tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch,
-                       desc=f"epoch {epoch}", unit="step", disable=not is_main or cfg.quiet,
-                       file=sys.stderr, dynamic_ncols=True)
-            for images, masks, boxes, hw in loader:
-                t0 = time.time()
-                b, k = masks.shape[:2]
-                images = images.to(device, non_blocking=True)
-                masks = masks.to(device, non_blocking=True).reshape(b * k, *masks.shape[2:])
-                boxes = boxes.to(device).reshape(b * k, 4)
-                hw = hw.to(device).repeat_interleave(k, dim=0)
-                index = torch.arange(b, device=device).repeat_interleave(k)
-                with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):
-                    logits = ddp(images, boxes, index)
-                loss, parts = criterion(logits.float(), masks, hw)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if per_step_schedule:
-                    scheduler.step()
-                step += 1
-                last_loss = float(loss.detach())
-                losses.append(last_loss)
-                if is_main and step % cfg.log_every == 0:
-                    row = {"step": step, "epoch": epoch, "loss": last_loss,
-                           "focal": float(parts["focal"]), "dice_loss": float(parts["dice_loss"]),
-                           "lr": optimizer.param_groups[0]["lr"],
-                           "seconds": round(time.time() - t0, 4)}
-                    train_csv.write(row)
-                    if tb is not None:
-                        tb.add_scalar("train/loss", last_loss, step)
-                bar.set_postfix(loss=f"{last_loss:.4f}")
-                bar.update(1)
-                if step >= max_steps:
-                    break
-            bar.close()
-            epoch_done = step - epoch * steps_per_epoch >= steps_per_epoch
-            if epoch_done:
-                if not per_step_schedule:
-                    scheduler.step()
-                epoch += 1
-                if epoch == cfg.epochs or (epoch >= cfg.val_start
-                                           and epoch % max(cfg.val_every, 1) == 0):
-                    val_result = validate()
-                    if val_result is not None and val_result["dice"] > best:
-                        best = val_result["dice"]
-                        save(out / "best.pt", train_state())
-                        have_best = True
-                save(out / "last.pt", train_state())
-            if step >= max_steps:
-                done = True
-        if not (step > 0 and step % steps_per_epoch == 0):
-            # stopped inside an epoch (max_steps): save where we are so --resume continues
-            ts = train_state()
-            save(out / "last.pt", ts)
-        if val_ds is not None and not have_best:
-            val_result = validate()
-            if val_result is not None:
-                best = max(best, val_result["dice"])
-                save(out / "best.pt", train_state())
-        if distributed:
+    def validate(self) -> dict | None:
+        """Dice/IoU on the validation set, computed by rank 0 and broadcast to every rank;
+        None without a validation set."""
+        import torch.distributed as dist
+
+        from sam_unet.train.evaluate import evaluate_model
+
+        cfg, result = self.cfg, None
+        if self.val_ds is not None and self.is_main:
+            self.model.eval()
+            res = evaluate_model(self.model, self.val_ds, device=self.device, quiet=True,
+                                 max_images=cfg.val_max_images, amp=self.amp_dtype)
+            self.model.train()
+            result = dict(res["overall"])
+            if cfg.val_metric == "volume" and res["volumes"]:
+                vols = res["volumes"].values()
+                result["dice"] = float(np.mean([v["dice_3d"] for v in vols]))
+                result["iou"] = float(np.mean([v["iou_3d"] for v in vols]))
+            self.logs.validation({"step": self.step, "epoch": self.epoch, **result})
+            self.log(f"epoch {self.epoch} step {self.step}: val Dice {result['dice']:.4f} "
+                     f"IoU {result['iou']:.4f} ({result['n']} masks)")
+        if self.distributed:
+            box = [result]
+            dist.broadcast_object_list(box, src=0)
+            result = box[0]
+        return result
+
+    def train_state(self) -> dict:
+        """Everything besides the weights that resuming needs; collective under DDP (the RNG
+        states of every rank are gathered), so every rank calls it."""
+        import torch.distributed as dist
+
+        rng = rng_state()
+        if self.distributed:
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, rng)
+            rng = gathered
+        else:
+            rng = [rng]
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": scheduler_state(self.scheduler),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_dice": self.best,
+            "rng": rng,
+            "world_size": self.world,
+        }
+
+    def save_checkpoint(self, name: str) -> None:
+        """``out/<name>``: the model in the published layout, the train state and the config
+        (written by rank 0, atomically; every rank takes part in gathering the state)."""
+        from sam_unet import checkpoints
+
+        ts = self.train_state()
+        if self.is_main:
+            checkpoints.save_checkpoint(self.model, self.out / name, train_state=ts,
+                                        train_config=self.config_dict)
+
+    def finish(self) -> dict:
+        """last.pt when stopped inside an epoch, a final validation when no best.pt exists,
+        equal buffers on every rank, the weights' digest and summary.json."""
+        import torch
+        import torch.distributed as dist
+
+        if not (self.step > 0 and self.step % self.steps_per_epoch == 0):
+            self.save_checkpoint("last.pt")  # stopped inside an epoch: --resume continues
+        if self.val_ds is not None and not self.have_best:
+            self.val_result = self.validate()
+            if self.val_result is not None:
+                self.best = max(self.best, self.val_result["dice"])
+                self.save_checkpoint("best.pt")
+        if self.distributed:
             # BatchNorm running statistics are updated locally by each rank's last forward (on
             # the CPU, without SyncBatchNorm): make every rank hold rank 0's, as saved.
             with torch.no_grad():
-                for buf in model.buffers():
+                for buf in self.model.buffers():
                     dist.broadcast(buf, src=0)
             dist.barrier()
-        digest = state_hash(model)
-        if cfg.write_state_hash:
-            (out / f"state_rank{rank}.sha256").write_text(digest + "\n")
+        digest = state_hash(self.model)
+        if self.cfg.write_state_hash:
+            (self.out / f"state_rank{self.rank}.sha256").write_text(digest + "\n")
         summary = {
-            "epoch": epoch, "step": step, "best_dice": best, "last_loss": last_loss,
-            "first_loss": losses[0] if losses else None,
-            "losses": losses,
-            "seconds": time.time() - t_start, "world_size": world, "state_sha256": digest,
-            "val": val_result, "out": str(out),
+            "epoch": self.epoch, "step": self.step, "best_dice": self.best,
+            "last_loss": self.last_loss, "first_loss": self.losses[0] if self.losses else None,
+            "losses": self.losses, "seconds": time.time() - self.t_start,
+            "world_size": self.world, "state_sha256": digest, "val": self.val_result,
+            "out": str(self.out),
         }
-        if is_main:
-            (out / "summary.json").write_text(json.dumps(
+        if self.is_main:
+            (self.out / "summary.json").write_text(json.dumps(
                 {k: v for k, v in summary.items() if k != "losses"}, indent=1) + "\n")
-        if train_csv:
-            train_csv.close()
-            val_csv.close()
-        if tb is not None:
-            tb.close()
+        self.logs.close()
         return summary
-    finally:
-        if distributed and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-class _EpochSampler:
-    def __init__(self, sampler, epoch: int) -> None:
-        self.sampler, self.epoch = sampler, epoch
-
-    def __iter__(self):
-        self.sampler.set_epoch(self.epoch)
-        return iter(self.sampler)
