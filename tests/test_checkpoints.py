@@ -103,8 +103,10 @@ def test_save_and_load_model_roundtrip(tmp_path):
     path = tmp_path / "ckpt" / "tiny.pt"
     save_checkpoint(model, path, epoch=7, metrics={"dice": 0.5})
     raw = torch.load(path, weights_only=True)
-    assert set(raw) == {"model", "variant", "config", "epoch", "metrics"}
+    assert set(raw) == {"model", "variant", "config", "model_info", "content_sha256", "epoch",
+                        "metrics"}
     assert raw["variant"] == "tiny" and raw["epoch"] == 7
+    assert raw["model_info"]["variant"] == "tiny"
     assert list(raw["model"]) == list(model.state_dict())  # published layout, untouched
     assert not list(tmp_path.joinpath("ckpt").glob("*.tmp"))
 

@@ -15,6 +15,7 @@ _LAZY = {
     "read_metadata": "sam_unet.export.onnx",
     "OnnxExportError": "sam_unet.export.onnx",
     "OnnxParityError": "sam_unet.export.onnx",
+    "InvalidOnnxError": "sam_unet.export.onnx",
     "build_engine": "sam_unet.export.tensorrt",
     "build_or_reuse": "sam_unet.export.tensorrt",
     "load_engine": "sam_unet.export.tensorrt",

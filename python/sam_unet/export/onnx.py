@@ -7,8 +7,11 @@ The graph has a fixed 256x256 input and a dynamic batch:
 
 opset >= 17 so that LayerNorm (and LayerNorm2d, written as permute + ``F.layer_norm``) is a single
 ``LayerNormalization`` node, which TensorRT maps to one normalisation layer it can keep in FP32.
-The file carries its provenance in ``metadata_props`` (see :func:`onnx_metadata`) and is written
-atomically: a failed export never leaves a partial ``.onnx`` behind.
+The file carries its provenance in ``metadata_props`` (see :func:`onnx_metadata`): how the model
+must be fed (``sam_unet.model_info``, a :class:`~sam_unet.model_info.ModelInfo` as JSON) and the
+identity of the weights it holds (``sam_unet.weights_sha256``), so the runtime can refuse a file
+meant for another model. It is written atomically: a failed export never leaves a partial
+``.onnx`` behind.
 """
 
 from __future__ import annotations
@@ -43,6 +46,24 @@ class OnnxExportError(RuntimeError):
 
 class OnnxParityError(OnnxExportError):
     """ONNX Runtime's logits differ from PyTorch's by more than the tolerance."""
+
+
+class InvalidOnnxError(ValueError):
+    """A file that onnx or ONNX Runtime cannot read as a model (truncated, damaged, not ONNX)."""
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of a library error, shortened (ONNX Runtime's span many)."""
+    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()),
+                type(exc).__name__)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def invalid_onnx(path: str | os.PathLike, exc: BaseException) -> InvalidOnnxError:
+    return InvalidOnnxError(
+        f"{os.fspath(path)} is not a valid ONNX model ({type(exc).__name__}: {one_line(exc)}); "
+        "re-export it with `sam-unet export onnx`"
+    )
 
 
 @dataclass(frozen=True)
@@ -94,15 +115,30 @@ def preprocessing_constants() -> dict[str, Any]:
 
 
 def onnx_metadata(
-    variant: str, *, checkpoint_sha256: str | None, opset: int, exporter: str
+    variant: str,
+    *,
+    checkpoint_sha256: str | None,
+    opset: int,
+    exporter: str,
+    model_info=None,
+    weights_sha256: str | None = None,
 ) -> dict[str, str]:
-    """The ``metadata_props`` written into every exported file (all values are strings)."""
+    """The ``metadata_props`` written into every exported file (all values are strings).
+
+    ``model_info`` (a ModelInfo; default: the variant with default settings) goes under
+    ``sam_unet.model_info``; ``weights_sha256`` (the exported weights' identity, see
+    ``sam_unet.checkpoints.weights_sha256``) under ``sam_unet.weights_sha256``.
+    """
     from sam_unet import __version__
+    from sam_unet.model_info import ONNX_METADATA_KEY, ONNX_WEIGHTS_KEY, ModelInfo
 
     pre = preprocessing_constants()
+    info = model_info if model_info is not None else ModelInfo(variant=variant)
     return {
         "sam_unet.version": __version__,
         "sam_unet.variant": variant,
+        ONNX_METADATA_KEY: info.to_json(),
+        ONNX_WEIGHTS_KEY: weights_sha256 or "unknown",
         "sam_unet.checkpoint_sha256": checkpoint_sha256 or "none (random init)",
         "sam_unet.image_size": str(pre["image_size"]),
         "sam_unet.logit_size": str(pre["logit_size"]),
@@ -116,10 +152,20 @@ def onnx_metadata(
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The metadata_props of an ONNX file, without loading its weights."""
+    """The metadata_props of an ONNX file (external weight files are not read).
+
+    Raises ``FileNotFoundError`` or :class:`InvalidOnnxError` (one line naming the file).
+    """
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{os.fspath(path)}: no such ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError and friends
+        raise invalid_onnx(path, exc) from exc
+    if not model.graph.node:
+        raise invalid_onnx(path, ValueError("the file holds no graph"))
     return {p.key: p.value for p in model.metadata_props}
 
 
@@ -292,12 +338,15 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     exporter: str = "auto",
     example_batch: int = 2,
+    model_info=None,
 ) -> Path:
     """Export ``model`` (a SamUNet in eval mode, fp32, on the CPU) to ``path``.
 
     ``exporter``: "torchscript" (``torch.onnx.export(dynamo=False)``, the cleanest graph),
     "dynamo" (``torch.export`` based, opset >= 18) or "auto" (torchscript, then dynamo if that
-    fails). Returns the path. Raises :class:`OnnxExportError` with the reason.
+    fails). ``model_info`` (a ModelInfo) is written into the metadata; when None it is read
+    from ``checkpoint`` if given, else the variant with default settings. Returns the path.
+    Raises :class:`OnnxExportError` with the reason.
     """
     import onnx
     import torch
@@ -309,9 +358,17 @@ def export_onnx(
     path = Path(path)
     if checkpoint is not None and checkpoint_sha256 is None:
         checkpoint_sha256 = sha256_file(checkpoint)
-    variant = str(getattr(model, "variant", "unknown"))
+    variant = str(getattr(model, "variant", None) or "custom")
+    if model_info is None and checkpoint is not None:
+        from sam_unet.checkpoints import checkpoint_model_info, read_checkpoint
+
+        model_info = checkpoint_model_info(read_checkpoint(checkpoint), variant=variant,
+                                           source=f"checkpoint {os.fspath(checkpoint)!r}")
 
     model = _cpu_fp32_eval(model)
+    from sam_unet.checkpoints import weights_sha256
+
+    identity = weights_sha256(model)
     args = example_inputs(example_batch)
     order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     if "torchscript" in order and not _torchscript_available():
@@ -342,7 +399,8 @@ def export_onnx(
             f"could not export the {variant} model to ONNX:\n  " + "\n  ".join(errors)
         )
     meta = onnx_metadata(
-        variant, checkpoint_sha256=checkpoint_sha256, opset=used_opset, exporter=used
+        variant, checkpoint_sha256=checkpoint_sha256, opset=used_opset, exporter=used,
+        model_info=model_info, weights_sha256=identity,
     )
     del proto.metadata_props[:]
     for k, v in meta.items():

@@ -50,15 +50,11 @@ def normalize_precision(precision: str) -> str:
 
 
 def normalize_device(device) -> str:
-    """'cpu', 'cuda' -> 'cuda:0', 'cuda:N'; anything else is a ValueError."""
-    d = str(device).strip().lower()
-    if d == "cpu":
-        return "cpu"
-    if d == "cuda":
-        return "cuda:0"
-    if d.startswith("cuda:") and d[5:].isdigit():
-        return d
-    raise ValueError(f"device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+    """'cpu', 'cuda' -> 'cuda:0', 'cuda:N' (:func:`sam_unet.runtime.devices.resolve_device`
+    without the availability check: the backend reports that); anything else is a ValueError."""
+    from sam_unet.runtime.devices import resolve_device
+
+    return resolve_device(device, check=False)
 
 
 def check_inputs(images: torch.Tensor, boxes: torch.Tensor) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from sam_unet.model_info import ModelInfo
 from sam_unet.runtime.prompts import SlicePlan, plan_slices
 from sam_unet.runtime.volumes import as_volume, empty_mask_like, to_caller_kind
 from sam_unet.transforms import check_window, resized_shape
@@ -68,84 +69,181 @@ class Engine:
     """
 
     def __init__(self, backend: Any, *, batch_size: int | None = None,
-                 source: str | None = None, picked_because: str = "") -> None:
+                 source: str | None = None, picked_because: str = "",
+                 model_info: ModelInfo | None = None, load_report: Any = None) -> None:
+        """``model_info``: how the model must be fed (None: unknown, the generic defaults
+        apply); ``load_report``: the checkpoint's ``LoadReport`` (integrity check) if any."""
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.backend = backend
         self.batch_size = int(batch_size or getattr(backend, "max_batch", 16) or 16)
         self.source = source
         self.picked_because = picked_because
+        self.model_info = model_info
+        self.load_report = load_report
         self.last_stats = SegmentStats()
+        self._cleanup: Any = None  # weakref.finalize removing a private temporary export
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, backend: str = "auto", device: str | None = None,
                         precision: str | None = None, batch_size: int | None = None,
                         variant: str | None = None) -> Engine:
-        """Engine from a SAM-UNet checkpoint. backend: "auto", "torch" or "onnxruntime"."""
-        from sam_unet.checkpoints import load_model
+        """Engine from a SAM-UNet checkpoint. backend: "auto", "torch" or "onnxruntime".
+
+        The weights are checked (content hash when the file has one, finite values); the
+        checkpoint's model info becomes ``engine.model_info``. "onnxruntime" runs an ONNX export
+        of the weights kept in the ONNX cache (``sam_unet.export.onnx_cache``): exported once
+        per checkpoint content, never left in the temporary folder.
+        """
+        from sam_unet.checkpoints import load_model_with_report
         from sam_unet.runtime.backends import make_backend
 
         device = _resolve_device(device)
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        model = load_model(path, variant=variant)
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        model, report = load_model_with_report(path, variant=variant)
         reason = ""
         if backend == "auto":
             backend = "torch"
             reason = (f"torch on {device}: a checkpoint runs directly in PyTorch"
                       + (" (fp16 on CUDA)" if device.startswith("cuda") else " (fp32 on CPU)"))
-        if backend == "onnxruntime":
-            import tempfile
-
-            from sam_unet.export.onnx import export_onnx
-
-            tmp = Path(tempfile.mkdtemp(prefix="sam_unet_")) / "model.onnx"
-            export_onnx(model, tmp)
-            return cls.from_onnx(tmp, device=device, batch_size=batch_size)
+        if backend in ("onnxruntime", "ort", "onnx"):
+            engine = cls._from_model_via_onnx(model, report, device=device, precision=precision,
+                                              batch_size=batch_size)
+            engine.source = str(path)
+            return engine
         precision = precision or ("fp16" if device.startswith("cuda") else "fp32")
         b = make_backend(backend, model=model, device=device, precision=precision,
                          max_batch=batch_size or _default_batch(device))
-        return cls(b, batch_size=batch_size, source=str(path), picked_because=reason)
+        return cls(b, batch_size=batch_size, source=str(path), picked_because=reason,
+                   model_info=report.model_info, load_report=report)
+
+    @classmethod
+    def _from_model_via_onnx(cls, model: Any, report: Any, *, device: str,
+                             precision: str | None, batch_size: int | None) -> Engine:
+        """ONNX Runtime engine for a loaded checkpoint through the ONNX cache; a cached file
+        that cannot be used is exported again once."""
+        import weakref
+
+        from sam_unet.export.onnx import InvalidOnnxError
+        from sam_unet.export.onnx_cache import cached_export, discard
+        from sam_unet.model_info import ModelMismatchError
+
+        for attempt in (0, 1):
+            entry = cached_export(model, report.model_info)
+            try:
+                engine = cls.from_onnx(entry.path, backend="onnxruntime", device=device,
+                                       precision=precision, batch_size=batch_size,
+                                       weights_sha256=entry.weights_sha256)
+            except (InvalidOnnxError, ModelMismatchError):
+                discard(entry)
+                if attempt:
+                    raise
+                continue
+            if entry.temp_dir is not None:
+                import shutil
+
+                engine._cleanup = weakref.finalize(engine, shutil.rmtree, str(entry.temp_dir),
+                                                   True)
+            engine.load_report = report
+            engine.picked_because = "onnxruntime: the checkpoint's ONNX export (cached)"
+            return engine
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Release the backend and remove any private temporary export (also done when the
+        engine is garbage-collected or the interpreter exits)."""
+        if self._cleanup is not None:
+            self._cleanup()
+        self.backend = None
 
     @classmethod
     def from_onnx(cls, path: str | Path, *, backend: str = "auto", device: str | None = None,
-                  precision: str | None = None, batch_size: int | None = None) -> Engine:
+                  precision: str | None = None, batch_size: int | None = None,
+                  variant: str | None = None, checkpoint: str | Path | None = None,
+                  weights_sha256: str | None = None, force: bool = False) -> Engine:
         """Engine from an exported ONNX file: TensorRT when it is installed and a GPU is
-        there (engine built and cached), else ONNX Runtime."""
+        there (engine built and cached), else ONNX Runtime.
+
+        The file's model metadata (``sam_unet.model_info``) becomes ``engine.model_info``. A file
+        without it, or one whose metadata names another model than expected (``variant``
+        differs; weights other than those of ``checkpoint`` or of ``weights_sha256``), is
+        refused with ``ModelMismatchError`` (a ValueError) unless ``force``. A file ONNX cannot
+        read raises ``InvalidOnnxError`` (a ValueError).
+        """
+        from sam_unet.model_info import check_onnx_metadata
         from sam_unet.runtime.backends import make_backend
 
         device = _resolve_device(device)
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX file not found: {path}")
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        expected_from = "the expected weights"
+        if checkpoint is not None:
+            from sam_unet.checkpoints import load_model
+            from sam_unet.checkpoints import weights_sha256 as model_weights_sha256
+
+            weights_sha256 = model_weights_sha256(load_model(checkpoint, variant=variant))
+            expected_from = f"checkpoint {checkpoint}"
+
+        def checked(metadata: dict[str, str]) -> ModelInfo | None:
+            return check_onnx_metadata(metadata, f"ONNX file {path}", variant=variant,
+                                       weights_sha256=weights_sha256,
+                                       expected_from=expected_from, force=force)
+
         reason = ""
         if backend == "auto":
             if device.startswith("cuda") and _tensorrt_available():
+                from sam_unet.export.onnx import read_metadata
                 from sam_unet.export.tensorrt import build_engine_cached
 
+                info = checked(read_metadata(path))  # before a build of minutes
                 engine_path = build_engine_cached(path)
-                return cls.from_engine_file(engine_path, device=device, batch_size=batch_size)
+                return cls.from_engine_file(engine_path, device=device, batch_size=batch_size,
+                                            model_info=info)
             backend = "onnxruntime"
             reason = ("onnxruntime: TensorRT is not installed" if device.startswith("cuda")
                       else "onnxruntime on the CPU")
         b = make_backend(backend, onnx_path=path, device=device,
                          precision=precision or "fp32", max_batch=batch_size or
                          _default_batch(device))
-        return cls(b, batch_size=batch_size, source=str(path), picked_because=reason)
+        metadata = getattr(b, "metadata", None)
+        if metadata is None:
+            from sam_unet.export.onnx import read_metadata
+
+            metadata = read_metadata(path)
+        return cls(b, batch_size=batch_size, source=str(path), picked_because=reason,
+                   model_info=checked(metadata))
 
     @classmethod
     def from_engine_file(cls, path: str | Path, *, device: str | None = None,
-                         batch_size: int | None = None) -> Engine:
-        """Engine from a serialised TensorRT engine (checked against this GPU and TensorRT)."""
+                         batch_size: int | None = None,
+                         model_info: ModelInfo | None = None) -> Engine:
+        """Engine from a serialised TensorRT engine (checked against this GPU and TensorRT).
+
+        ``engine.model_info``: ``model_info`` if given, else what the engine's sidecar records
+        (its own ``model_info`` entry, or the metadata of the ONNX file it was built from when
+        that file is still there), else None."""
         from sam_unet.runtime.backends import make_backend
 
         device = _resolve_device(device or "cuda")
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"TensorRT engine not found: {path}")
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         b = make_backend("tensorrt", engine_path=path, device=device, precision="fp16",
                          max_batch=batch_size or _default_batch(device))
-        return cls(b, batch_size=batch_size, source=str(path), picked_because="tensorrt engine")
+        if model_info is None:
+            model_info = _engine_model_info(path)
+        return cls(b, batch_size=batch_size, source=str(path), picked_because="tensorrt engine",
+                   model_info=model_info)
 
     def describe(self) -> str:
         """One line: backend, device, precision, batch size, and why it was picked."""
@@ -157,6 +255,29 @@ class Engine:
         if self.picked_because:
             text += f" ({self.picked_because})"
         return text
+
+    # ------------------------------------------------------------------ sessions, propagation
+    def session(self, volume: Any, **options: Any) -> Any:
+        """An interactive :class:`~sam_unet.runtime.session.Session` on ``volume``: image
+        embeddings are cached (LRU, ``cache_bytes``), so a new box on a slice seen before runs
+        only the decoder. Options: axis, window, normalize, cache_bytes, batch_size."""
+        from sam_unet.runtime.session import Session
+
+        return Session(self, volume, **options)
+
+    def propagate(self, volume: Any, slice_index: int, box: Any, *, axis: int | None = None,
+                  window: Any = None, normalize: str | None = None,
+                  batch_size: int | None = None, **options: Any) -> Any:
+        """Follow the structure boxed on one slice through the volume -> uint8 mask of the
+        volume's shape and kind. ``box``: a 2D box (x0, y0, x1, y1) (x over the first remaining
+        axis, DESIGN 8) or a 2D mask of the slice; options: margin (voxels, default 3),
+        min_area (voxels, default 16), direction ("both", "forward", "backward"), lookahead.
+        See :mod:`sam_unet.runtime.propagate`; ``engine.last_propagation`` is its report."""
+        session = self.session(volume, axis=axis, window=window, normalize=normalize,
+                               batch_size=batch_size, cache_bytes=0)
+        mask = session.propagate(slice_index, box, **options)
+        self.last_propagation = session.last_propagation
+        return mask
 
     # ------------------------------------------------------------------ segmentation
     def segment(self, volume: Any, *, axis: int = -1, window: Any = None,
@@ -255,24 +376,38 @@ def _host(a: Any) -> Any:
 
 
 def _resolve_device(device: str | None) -> str:
-    import torch
+    """Kept for callers of the old name: :func:`sam_unet.runtime.devices.resolve_device`."""
+    from sam_unet.runtime.devices import resolve_device
 
-    if device is None or device == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        device = "cuda:0"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"device {device!r} was asked for but torch sees no CUDA device (CPU build of "
-                "torch, or no driver); use --device cpu or install a CUDA build of torch"
-            )
-        index = int(device.split(":")[1])
-        if index >= torch.cuda.device_count():
-            raise RuntimeError(f"device {device!r}: only {torch.cuda.device_count()} visible")
-    elif device != "cpu":
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    return device
+    return resolve_device(device)
+
+
+def _engine_model_info(engine_path: Path) -> ModelInfo | None:
+    """The model info recorded for a TensorRT engine: its sidecar's "model_info" entry, else
+    the metadata of the ONNX file it was built from (when still there), else None."""
+    import json
+
+    from sam_unet.model_info import ONNX_METADATA_KEY
+
+    sidecar = engine_path.with_name(engine_path.name + ".json")
+    try:
+        doc = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    text = doc.get("model_info") if isinstance(doc, dict) else None
+    if text is None and isinstance(doc, dict) and doc.get("onnx_path"):
+        try:
+            from sam_unet.export.onnx import read_metadata
+
+            text = read_metadata(doc["onnx_path"]).get(ONNX_METADATA_KEY)
+        except (OSError, ValueError):
+            text = None
+    if text is None:
+        return None
+    try:
+        return ModelInfo.from_json(text) if isinstance(text, str) else ModelInfo.from_dict(text)
+    except ValueError:
+        return None
 
 
 def _default_batch(device: str) -> int:

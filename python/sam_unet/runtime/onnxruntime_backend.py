@@ -87,10 +87,19 @@ class OnnxRuntimeBackend:
             precision=precision,
             device_id=self._device_id,
         )
-        from sam_unet.export.onnx import session_options
+        from sam_unet.export.onnx import invalid_onnx, one_line, session_options
 
         so = session_options(threads)
-        self.session = ort.InferenceSession(self.onnx_path, sess_options=so, providers=providers)
+        try:
+            self.session = ort.InferenceSession(self.onnx_path, sess_options=so,
+                                                providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind11 types
+            kind = type(exc).__name__
+            if kind in ("InvalidProtobuf", "InvalidGraph", "Fail", "NotImplemented",
+                        "InvalidArgument", "DecodeError"):
+                raise invalid_onnx(self.onnx_path, exc) from exc
+            raise RuntimeError(f"ONNX Runtime could not load {self.onnx_path} ({kind}: "
+                               f"{one_line(exc)})") from exc
         names = {i.name for i in self.session.get_inputs()}
         if names != {"images", "boxes"}:
             raise ValueError(
