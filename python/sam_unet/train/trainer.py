@@ -63,14 +63,10 @@ def _dist_env() -> tuple[int, int, int]:
 def _resolve_device(spec: str, local_rank: int):
     import torch
 
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        spec = f"cuda:{local_rank}"
-    dev = torch.device(spec)
+    from sam_unet.runtime.devices import resolve_device
+
+    dev = torch.device(resolve_device(spec, local_rank=local_rank))
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {spec!r} asked for but CUDA is not available")
         torch.cuda.set_device(dev)
     return dev
 
@@ -152,7 +148,27 @@ def _read_training_checkpoint(path: str) -> dict:
         raise ValueError(f"{path}: cannot read the checkpoint ({exc})") from exc
     if "train_state" not in ckpt:
         raise ValueError(f"{path}: not a training checkpoint (no 'train_state')")
+    from sam_unet.checkpoints import verify_checkpoint
+
+    verify_checkpoint(ckpt, ckpt["model"], source=f"checkpoint {path!r}")
     return ckpt
+
+
+def _training_model_info(cfg: TrainConfig, model):
+    """How the trained model must be fed, saved in every checkpoint: normalization, window and
+    axis from the data folders' prepare manifests, prompt mode from ``cfg.prompt``."""
+    from sam_unet.data import layout
+    from sam_unet.data.prepare import read_manifest
+    from sam_unet.model_info import model_info_from_training
+
+    manifests = []
+    for folder in layout.dataset_folders(list(cfg.data)):
+        try:
+            manifests.append(read_manifest(folder))
+        except (OSError, ValueError):  # unreadable manifest: that folder's settings are unknown
+            manifests.append(None)
+    variant = str(getattr(model, "variant", None) or cfg.variant)
+    return model_info_from_training(variant, cfg.prompt, manifests)
 
 
 class Trainer:
@@ -250,6 +266,7 @@ class Trainer:
                      "local and the buffers are broadcast from rank 0 at every step (DDP "
                      "broadcast_buffers)")
         self.model = model
+        self.model_info = _training_model_info(cfg, model)
         self.train_ds = TrainDataset(cfg.data, masks_per_image=cfg.masks_per_image,
                                      prompt=cfg.prompt, jitter=cfg.jitter, augment=cfg.augment,
                                      seed=cfg.seed)
@@ -457,7 +474,8 @@ class Trainer:
         ts = self.train_state()
         if self.is_main:
             checkpoints.save_checkpoint(self.model, self.out / name, train_state=ts,
-                                        train_config=self.config_dict)
+                                        train_config=self.config_dict,
+                                        model_info=self.model_info)
 
     def finish(self) -> dict:
         """last.pt when stopped inside an epoch, a final validation when no best.pt exists,
