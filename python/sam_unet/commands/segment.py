@@ -22,7 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--engine", help="TensorRT engine file")
     parser.add_argument("--backend", default="auto",
                         choices=["auto", "torch", "onnxruntime", "tensorrt"])
-    parser.add_argument("--variant", default=None, help="model variant if the checkpoint lacks it")
+    parser.add_argument("--variant", default=None,
+                        help="model variant if the checkpoint lacks it (default: the "
+                             "checkpoint's); with --onnx, the variant the file must hold")
+    parser.add_argument("--force", action="store_true",
+                        help="use an ONNX file that lacks SAM-UNet model metadata (or carries "
+                             "another model's) anyway, with the default settings")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N (default: cuda when torch sees one)")
     parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
@@ -76,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
                                         variant=args.variant)
     elif args.onnx:
         engine = Engine.from_onnx(args.onnx, backend=args.backend, device=device,
-                                  precision=args.precision, batch_size=args.batch_size)
+                                  precision=args.precision, batch_size=args.batch_size,
+                                  variant=args.variant, force=args.force)
     else:
         engine = Engine.from_engine_file(args.engine, device=device, batch_size=args.batch_size)
     if not args.quiet:
