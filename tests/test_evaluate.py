@@ -12,7 +12,7 @@ from PIL import Image
 from sam_unet import checkpoints, cli
 from sam_unet.data import layout
 from sam_unet.models import build_model
-from sam_unet.train.evaluate import evaluate_model
+from sam_unet.train.evaluate import evaluate_model, evaluate_prompts, markdown_comparison
 from sam_unet.train.metrics import MetricAccumulator, dice, iou
 
 
@@ -31,6 +31,25 @@ class LeftHalf(torch.nn.Module):
         self.seen_boxes.append(boxes.clone())
         out = torch.full((boxes.shape[0], 1, 64, 64), -10.0)
         out[..., :32] = 10.0
+        return out
+
+
+class BoxModel(torch.nn.Module):
+    """Predicts exactly its box prompt: logit +10 inside the box (256 frame / 4), -10 outside."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+        self.encodes = 0
+
+    def encode(self, images):
+        self.encodes += 1
+        return images[:, :1, :16, :16], images[:, :1, :64, :64]
+
+    def decode(self, emb, ms, boxes, index):
+        out = torch.full((boxes.shape[0], 1, 64, 64), -10.0)
+        for b, (x0, y0, x1, y1) in enumerate((boxes / 4).round().long().tolist()):
+            out[b, 0, y0:y1 + 1, x0:x1 + 1] = 10.0
         return out
 
 
@@ -107,17 +126,52 @@ def test_evaluate_matches_hand_computed(tmp_path):
     assert torch.cat(model.seen_boxes)[0].tolist() == [0.0, 0.0, 255.0, 255.0]
 
 
+def test_full_slice_beside_true_box(tmp_path):
+    """One pass, one encoder call per batch, two decodes: the full-slice figure (what segment
+    does without a prompt) and the oracle true-label box figure, each against hand values."""
+    rects = [(0, 64, 16, 48), (10, 30, 0, 32), (5, 9, 40, 60), (0, 64, 0, 64)]
+    root = _folder(tmp_path / "toy", rects, volume_manifest=True)
+    model = BoxModel()
+    res = evaluate_prompts(model, [root], quiet=True, batch_images=4)
+    assert model.encodes == 1 and list(res) == ["full", "box"]
+    areas = [(r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in rects]
+    full = [2 * a / (a + 64 * 64) for a in areas]  # the whole slice predicted
+    assert [r["dice"] for r in res["full"]["per_mask"]] == pytest.approx(full)
+    assert [r["dice"] for r in res["box"]["per_mask"]] == pytest.approx([1.0] * 4)
+    assert res["full"]["overall"]["dice"] == pytest.approx(np.mean(full))
+    assert res["box"]["overall"]["n"] == res["full"]["overall"]["n"] == 4
+    assert res["full"]["volumes"]["toy:vol0/label1"]["voxels_pred"] == 2 * 64 * 64
+    text = markdown_comparison(res, prompt_mode="full-slice")
+    assert "Dice (full-slice) | IoU (full-slice) | Dice (true-label box)" in text
+    overall = next(line for line in text.splitlines() if line.startswith("| overall"))
+    assert f"{np.mean(full):.4f}" in overall and "1.0000" in overall
+    assert "trained for prompt mode `full-slice`" in text
+    with pytest.raises(ValueError, match="must be one of"):
+        evaluate_prompts(model, [root], prompts=("full", "oracle"), quiet=True)
+
+
 def test_evaluate_cli_writes_json_and_markdown(tmp_path, capsys):
     root = _folder(tmp_path / "toy", [(0, 64, 16, 48), (10, 30, 0, 32)])
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny.pt"
-    checkpoints.save_checkpoint(build_model("tiny"), ckpt)
+    checkpoints.save_checkpoint(build_model("tiny"), ckpt, prompt="full")
     out = tmp_path / "eval"
     rc = cli.main(["evaluate", "-c", str(ckpt), "--data", str(root), "-o", str(out),
                    "--device", "cpu", "--quiet"])
     assert rc == 0
     res = json.loads((out / "evaluation.json").read_text())
-    assert res["overall"]["n"] == 2 and 0 <= res["overall"]["dice"] <= 1
-    assert "| overall |" in (out / "evaluation.md").read_text()
+    assert set(res["prompts"]) == {"full", "box"}  # both by default
+    for r in res["prompts"].values():
+        assert r["overall"]["n"] == 2 and 0 <= r["overall"]["dice"] <= 1
+    assert res["model_info"]["prompt_mode"] == "full-slice"
+    assert res["integrity"] == checkpoints.VERIFIED
+    md = (out / "evaluation.md").read_text()
+    assert "| overall |" in md and "Dice (full-slice)" in md and "Dice (true-label box)" in md
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["full"] == res["prompts"]["full"]["overall"]
+    rc = cli.main(["evaluate", "-c", str(ckpt), "--data", str(root), "-o", str(out),
+                   "--device", "cpu", "--quiet", "--prompt", "full"])
+    assert rc == 0
+    assert set(json.loads((out / "evaluation.json").read_text())["prompts"]) == {"full"}
     rc = cli.main(["evaluate", "-c", str(tmp_path / "missing.pt"), "--data", str(root)])
     assert rc == 1 and "missing.pt" in capsys.readouterr().err

@@ -1,8 +1,11 @@
 """``sam-unet evaluate``: Dice/IoU of a checkpoint on test folders (original resolution).
 
-Example::
+By default each test mask is evaluated twice, side by side: with the full-slice box (what
+``sam-unet segment`` gives a slice without a prompt, so the figure a user gets) and with the
+ground truth's box (an oracle prompt ``segment`` never has). Example::
 
-    sam-unet evaluate -c runs/mni/best.pt --data data/mni --prompt full -o runs/mni/eval
+    sam-unet evaluate -c runs/mni/best.pt --data data/mni -o runs/mni/eval
+    sam-unet evaluate -c runs/mni/best.pt --data data/mni --prompt full
 """
 
 from __future__ import annotations
@@ -11,14 +14,17 @@ import argparse
 import json
 import sys
 
+PROMPT_CHOICES = {"both": ("full", "box"), "full": ("full",), "box": ("box",)}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--checkpoint", required=True, help="SAM-UNet checkpoint")
     parser.add_argument("--data", nargs="+", required=True,
                         help="dataset folder(s) with a test/ split (zero-shot folders too)")
-    parser.add_argument("--prompt", choices=("box", "full"),
-                        help="box (ground-truth largest-component box) or full slice; default: "
-                             "what the checkpoint was trained with, else box")
+    parser.add_argument("--prompt", choices=tuple(PROMPT_CHOICES), default="both",
+                        help="both (default: full-slice and true-label box side by side), "
+                             "full (the whole slice as the box, as segment runs without a "
+                             "prompt) or box (the ground truth's largest-component box)")
     parser.add_argument("--variant", help="force the model variant")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--batch-images", type=int, default=4)
@@ -33,29 +39,36 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from sam_unet import checkpoints
-    from sam_unet.train.evaluate import evaluate_model, markdown_table, write_results
+    from sam_unet.runtime.devices import resolve_device
+    from sam_unet.train.evaluate import evaluate_prompts, markdown_comparison, write_results
 
+    if args.batch_images < 1:
+        raise ValueError(f"--batch-images {args.batch_images}: must be >= 1")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images {args.max_images}: must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    prompt = args.prompt
-    if prompt is None:
-        try:
-            obj = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-            if isinstance(obj, dict):
-                prompt = (obj.get("train_config") or {}).get("prompt") or obj.get("prompt")
-        except Exception:  # noqa: BLE001 - load_model below reports unreadable files clearly
-            prompt = None
-        prompt = prompt or "box"
-    model = checkpoints.load_model(args.checkpoint, variant=args.variant, map_location=device)
-    result = evaluate_model(model, args.data, prompt=prompt, device=device, quiet=args.quiet,
-                            max_images=args.max_images, batch_images=args.batch_images)
-    result["checkpoint"] = str(args.checkpoint)
+    device = resolve_device(args.device)
+    model, report = checkpoints.load_model_with_report(args.checkpoint, variant=args.variant,
+                                                       map_location=device)
+    info = report.model_info
+    results = evaluate_prompts(model, args.data, prompts=PROMPT_CHOICES[args.prompt],
+                               device=device, quiet=args.quiet, max_images=args.max_images,
+                               batch_images=args.batch_images)
+    prompt_mode = info.prompt_mode if info is not None else None
+    document = {
+        "checkpoint": str(args.checkpoint),
+        "integrity": report.integrity,
+        "model_info": info.to_dict() if info is not None else None,
+        "prompts": results,
+    }
+    text = markdown_comparison(results, prompt_mode=prompt_mode)
     if args.out:
-        jpath, mpath = write_results(result, args.out)
+        jpath, mpath = write_results(document, args.out, markdown=text)
         if not args.quiet:
             print(f"wrote {jpath} and {mpath}", file=sys.stderr)
-    print(markdown_table(result) if not args.quiet else json.dumps(result["overall"]))
+    if args.quiet:
+        print(json.dumps({k: r["overall"] for k, r in results.items()}))
+    else:
+        print(text)
     return 0

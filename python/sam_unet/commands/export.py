@@ -1,7 +1,13 @@
 """``sam-unet export onnx``: a checkpoint -> ONNX (opset >= 17, dynamic batch, metadata).
 
     sam-unet export onnx --checkpoint CKPT [--variant res34] -o model.onnx [--verify]
+    sam-unet export onnx --checkpoint published.pt --prompt-mode box -o model.onnx
     sam-unet export onnx --random-init --variant tiny -o tiny.onnx     # testing only
+
+The file records how the model must be fed (``sam_unet.model_info``: variant, normalization,
+window, slice axis, prompt mode, label names) from the checkpoint; ``--normalize``, ``--window``,
+``--axis``, ``--prompt-mode`` and ``--label`` set them where the checkpoint does not say (a
+third-party checkpoint) or says wrong.
 """
 
 from __future__ import annotations
@@ -35,6 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify-batches", default="1,3",
                         help="batch sizes --verify runs (comma separated; default 1,3)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init and --verify")
+    info = parser.add_argument_group("model info (default: what the checkpoint records)")
+    info.add_argument("--normalize", choices=["slice-minmax", "window"],
+                      help="intensity normalization the model was trained with")
+    info.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"),
+                      help="intensity window the model was trained with")
+    info.add_argument("--axis", type=int, choices=[-3, -2, -1, 0, 1, 2],
+                      help="slicing axis of the canonical volume the model was trained on")
+    info.add_argument("--prompt-mode", choices=["full-slice", "box", "both"],
+                      help="full-slice (runs without prompts), box (needs a box) or both")
+    info.add_argument("--label", action="append", default=[], metavar="VALUE=NAME",
+                      help="a label value and the structure it names (repeatable)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -48,16 +65,58 @@ def _batches(text: str) -> tuple[int, ...]:
     return values
 
 
+def _label_names(items: list[str]) -> dict[int, str] | None:
+    if not items:
+        return None
+    out: dict[int, str] = {}
+    for item in items:
+        value, sep, name = item.partition("=")
+        try:
+            label = int(value)
+        except ValueError:
+            label = 0
+        if not sep or label < 1 or not name.strip():
+            raise ValueError(f"--label {item!r}: expected VALUE=NAME with an integer VALUE >= 1, "
+                             "e.g. --label 1=liver")
+        out[label] = name.strip()
+    return out
+
+
+def model_info_with_overrides(info, args: argparse.Namespace):
+    """``info`` (a ModelInfo) with the fields given on the command line replaced."""
+    import dataclasses
+
+    changes = {}
+    if args.normalize is not None:
+        changes["normalize"] = args.normalize
+    if args.window is not None:
+        changes["window"] = (float(args.window[0]), float(args.window[1]))
+    elif args.normalize == "slice-minmax":
+        changes["window"] = None
+    if args.axis is not None:
+        changes["axis"] = args.axis
+    if args.prompt_mode is not None:
+        changes["prompt_mode"] = args.prompt_mode
+    labels = _label_names(args.label)
+    if labels is not None:
+        changes["label_names"] = labels
+    return dataclasses.replace(info, **changes) if changes else info
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import torch
 
     from sam_unet.export.onnx import export_onnx, sha256_file, verify_onnx
+    from sam_unet.model_info import ModelInfo
 
     if args.opset < 17:
         raise ValueError(f"--opset {args.opset}: must be >= 17 (LayerNormalization)")
     batches = _batches(args.verify_batches)
+    _label_names(args.label)  # a bad --label fails before anything heavy
+    if args.checkpoint and Path(args.output).resolve() == Path(args.checkpoint).resolve():
+        raise ValueError(f"-o {args.output}: that is the input checkpoint; choose another name")
     sha = None
     if args.random_init:
         from sam_unet.models.build import build_model
@@ -65,23 +124,32 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         variant = args.variant or "res34"
         model = build_model(variant)
+        info = ModelInfo(variant=variant)
         print(f"warning: exporting a RANDOMLY INITIALISED {variant} model (--random-init); "
               "its outputs are meaningless", file=sys.stderr)
     else:
         ckpt = Path(args.checkpoint)
         if not ckpt.is_file():
             raise FileNotFoundError(f"{ckpt}: checkpoint not found")
-        from sam_unet.checkpoints import load_model
+        from sam_unet.checkpoints import load_model_with_report
 
-        model = load_model(ckpt, variant=args.variant, map_location="cpu")
+        model, report = load_model_with_report(ckpt, variant=args.variant, map_location="cpu")
+        info = report.model_info or ModelInfo(variant=model.variant)
+        if args.variant is not None and info.variant != args.variant:
+            import dataclasses
+
+            info = dataclasses.replace(info, variant=args.variant)
+        print(f"{ckpt}: {report.integrity}", file=sys.stderr)
         sha = sha256_file(ckpt)
+    info = model_info_with_overrides(info, args)
     model = model.eval().float()
     t0 = time.perf_counter()
     out = export_onnx(model, args.output, checkpoint_sha256=sha, opset=args.opset,
-                      exporter=args.exporter)
+                      exporter=args.exporter, model_info=info)
     size_mb = out.stat().st_size / 1e6
     print(f"wrote {out} ({size_mb:.1f} MB, {getattr(model, 'variant', '?')}) in "
           f"{time.perf_counter() - t0:.1f} s")
+    print(f"model info: {info.to_json()}")
     if args.verify:
         try:
             report = verify_onnx(model, out, batch_sizes=batches, rtol=args.rtol, seed=args.seed)
