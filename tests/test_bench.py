@@ -33,3 +33,25 @@ def test_bench_suite_small_cpu(tmp_path, capsys):
 def test_bench_rejects_unknown_part(capsys):
     assert cli(["bench", "--device", "cpu", "--parts", "model,warp"]) == 1
     assert "unknown --parts" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--configs", "torch"], "--configs 'torch': expected BACKEND:PRECISION"),
+    (["--configs", "warp:fp16"], "--configs 'warp:fp16': expected BACKEND:PRECISION"),
+    (["--configs", "tensorrt:fp16"], "pass the engine to time with --engine"),
+    (["--batches", "4", "0"], "--batches 4 0: must be positive"),
+    (["--runs", "0"], "--runs 0: must be positive"),
+])
+def test_bench_option_errors(args, message, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert cli(["bench", "--device", "cpu", "--parts", "model", "-o", str(out), *args]) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_model_bench_tensorrt_needs_an_engine():
+    from sam_unet.bench.model import run_model_bench
+
+    with pytest.raises(ValueError, match="needs an engine file"):
+        run_model_bench("tiny", "cpu", batches=(1,), configs=(("tensorrt", "fp16"),), runs=1,
+                        baseline=False)

@@ -7,20 +7,23 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
-from sam_unet.export import tensorrt as T
-from sam_unet.export.tensorrt import (
-    DEFAULT_PROFILES,
-    EngineCache,
-    EngineMismatchError,
-    EngineSpec,
-    GpuIdentity,
-    Profile,
-    TensorRTUnavailableError,
-)
+from sam_unet.export import engine_cache as C
+from sam_unet.export import fp32_layers as F
+from sam_unet.export import tensorrt_build as B
+from sam_unet.export.engine_cache import EngineCache
+from sam_unet.export.profile_shapes import ProfileShapeError, profile_shapes
+from sam_unet.runtime import tensorrt_engine as E
+from sam_unet.runtime import tensorrt_profiles as P
+from sam_unet.runtime import tensorrt_sidecar as S
+from sam_unet.runtime.tensorrt_engine import TensorRTUnavailableError
+from sam_unet.runtime.tensorrt_profiles import DEFAULT_PROFILES, Profile
+from sam_unet.runtime.tensorrt_sidecar import EngineMismatchError, EngineSpec, GpuIdentity
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -47,8 +50,8 @@ SPEC = EngineSpec(
     ],
 )
 def test_parse_profiles(text, expected):
-    assert T.parse_profiles(text) == expected
-    assert T.parse_profiles(T.format_profiles(expected)) == expected
+    assert P.parse_profiles(text) == expected
+    assert P.parse_profiles(P.format_profiles(expected)) == expected
 
 
 @pytest.mark.parametrize(
@@ -65,18 +68,18 @@ def test_parse_profiles(text, expected):
 )
 def test_parse_profiles_errors(text, message):
     with pytest.raises(ValueError, match=message):
-        T.parse_profiles(text)
+        P.parse_profiles(text)
 
 
 @pytest.mark.parametrize(("batch", "index"), [(1, 0), (2, 1), (32, 1), (64, 1)])
 def test_select_profile(batch, index):
-    assert T.select_profile(DEFAULT_PROFILES, batch) == index
+    assert P.select_profile(DEFAULT_PROFILES, batch) == index
 
 
 def test_select_profile_outside():
     with pytest.raises(ValueError, match="batch 65 is outside"):
-        T.select_profile(DEFAULT_PROFILES, 65)
-    assert T.max_batch(DEFAULT_PROFILES) == 64
+        P.select_profile(DEFAULT_PROFILES, 65)
+    assert P.max_batch(DEFAULT_PROFILES) == 64
 
 
 # -- cache keys --------------------------------------------------------------------------------
@@ -118,7 +121,7 @@ def test_engine_cache_paths_and_lookup(tmp_path):
     assert cache.lookup(SPEC) is None
     path.write_bytes(b"plan")
     assert cache.lookup(SPEC) is None  # no sidecar: not trusted
-    T.write_sidecar(path, SPEC)
+    S.write_sidecar(path, SPEC)
     assert cache.lookup(SPEC) == path
     other = dataclasses.replace(SPEC, tensorrt_version="10.4.0")
     assert cache.lookup(other) is None
@@ -126,7 +129,7 @@ def test_engine_cache_paths_and_lookup(tmp_path):
 
 def test_default_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SAM_UNET_ENGINE_CACHE", str(tmp_path / "eng"))
-    assert T.default_cache_dir() == tmp_path / "eng"
+    assert C.default_cache_dir() == tmp_path / "eng"
     assert EngineCache().root == tmp_path / "eng"
 
 
@@ -136,22 +139,22 @@ def test_default_cache_dir_env(monkeypatch, tmp_path):
 def _engine_with_sidecar(tmp_path, spec=SPEC, **extra):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not a real plan")
-    T.write_sidecar(engine, spec, onnx_path="/models/model.onnx", **extra)
+    S.write_sidecar(engine, spec, onnx_path="/models/model.onnx", **extra)
     return engine
 
 
 def test_sidecar_roundtrip(tmp_path):
     engine = _engine_with_sidecar(tmp_path)
-    side = T.sidecar_path(engine)
+    side = S.sidecar_path(engine)
     assert side.name == "model.engine.json"
     doc = json.loads(side.read_text())
     assert doc["key"] == SPEC.key()
     assert doc["gpu_name"] == SPEC.gpu_name and doc["compute_capability"] == "9.0"
     assert doc["tensorrt_version"] == "10.3.0" and doc["profiles"] == ["1:1:1", "1:32:64"]
     assert doc["fp16"] is True and doc["onnx_sha256"] == SPEC.onnx_sha256
-    spec, _ = T.read_sidecar(engine)
+    spec, _ = S.read_sidecar(engine)
     assert spec == SPEC
-    same = T.check_engine_file(
+    same = S.check_engine_file(
         engine, gpu=GpuIdentity(SPEC.gpu_name, "9.0"), tensorrt_version="10.3.0"
     )
     assert same == SPEC
@@ -170,7 +173,7 @@ def test_sidecar_roundtrip(tmp_path):
 def test_sidecar_mismatch_names_both_and_how_to_rebuild(tmp_path, gpu, trt_version, must_name):
     engine = _engine_with_sidecar(tmp_path)
     with pytest.raises(EngineMismatchError) as info:
-        T.check_engine_file(engine, gpu=gpu, tensorrt_version=trt_version)
+        S.check_engine_file(engine, gpu=gpu, tensorrt_version=trt_version)
     msg = str(info.value)
     for text in must_name:
         assert text in msg, (text, msg)
@@ -184,22 +187,22 @@ def test_sidecar_missing_or_corrupt(tmp_path):
     engine.write_bytes(b"plan")
     gpu = GpuIdentity("x", "9.0")
     with pytest.raises(FileNotFoundError, match="no sidecar.*build-engine"):
-        T.check_engine_file(engine, gpu=gpu, tensorrt_version="10.3.0")
-    T.sidecar_path(engine).write_text("{not json")
+        S.check_engine_file(engine, gpu=gpu, tensorrt_version="10.3.0")
+    S.sidecar_path(engine).write_text("{not json")
     with pytest.raises(ValueError, match="unreadable engine sidecar"):
-        T.read_sidecar(engine)
-    T.sidecar_path(engine).write_text(json.dumps({"gpu_name": "x"}))
+        S.read_sidecar(engine)
+    S.sidecar_path(engine).write_text(json.dumps({"gpu_name": "x"}))
     with pytest.raises(ValueError, match="missing or has a bad field"):
-        T.read_sidecar(engine)
+        S.read_sidecar(engine)
     # An edited sidecar (facts changed, key not) is caught.
     _engine_with_sidecar(tmp_path)
-    doc = json.loads(T.sidecar_path(engine).read_text())
+    doc = json.loads(S.sidecar_path(engine).read_text())
     doc["tensorrt_version"] = "10.9.9"
-    T.sidecar_path(engine).write_text(json.dumps(doc))
+    S.sidecar_path(engine).write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="does not match its contents"):
-        T.read_sidecar(engine)
+        S.read_sidecar(engine)
     with pytest.raises(FileNotFoundError, match="no such engine"):
-        T.check_engine_file(tmp_path / "none.engine", gpu=gpu, tensorrt_version="10.3.0")
+        S.check_engine_file(tmp_path / "none.engine", gpu=gpu, tensorrt_version="10.3.0")
 
 
 # -- precision constraints (selection logic) ----------------------------------------------------
@@ -213,12 +216,110 @@ def test_select_fp32_layers():
         ("/blocks.0/attn/MatMul", "MATRIX_MULTIPLY", True),
         ("/neck/Conv", "CONVOLUTION", True),
     ]
-    assert T.select_fp32_layers(layers) == [
+    assert F.select_fp32_layers(layers) == [
         "/image_encoder/blocks.0/norm1/LayerNormalization",
         "/blocks.0/attn/Softmax",
     ]
-    assert T.select_fp32_layers(layers, (), [r"attn/MatMul$"]) == ["/blocks.0/attn/MatMul"]
-    assert T.select_fp32_layers(layers, ("convolution",)) == ["/neck/Conv"]
+    assert F.select_fp32_layers(layers, (), [r"attn/MatMul$"]) == ["/blocks.0/attn/MatMul"]
+    assert F.select_fp32_layers(layers, ("convolution",)) == ["/neck/Conv"]
+
+
+# -- profile shapes, generic over the graph's inputs -------------------------------------------
+
+WHOLE = [("images", (-1, 3, 256, 256)), ("boxes", (-1, 4))]
+ENCODER = [("images", (-1, 3, 256, 256))]
+DECODER = [("image_embeddings", (-1, 256, 16, 16)), ("features", (-1, 64, 64, 64)),
+           ("boxes", (-1, 4))]
+
+
+@pytest.mark.parametrize("inputs", [WHOLE, ENCODER, DECODER], ids=["whole", "encoder", "decoder"])
+def test_profile_shapes_for_any_batch_first_graph(inputs):
+    shapes = profile_shapes(inputs, Profile(1, 32, 64))
+    assert list(shapes) == [name for name, _ in inputs]
+    for name, dims in inputs:
+        lo, opt, hi = shapes[name]
+        assert lo == (1, *dims[1:]) and opt == (32, *dims[1:]) and hi == (64, *dims[1:])
+
+
+def test_profile_shapes_errors():
+    with pytest.raises(ProfileShapeError, match=r"'images' has dynamic dims \(-1, 3, -1, -1\)"):
+        profile_shapes([("images", (-1, 3, -1, -1))], Profile(1, 1, 1), source="m.onnx")
+    with pytest.raises(ProfileShapeError, match="'scale' is a scalar"):
+        profile_shapes([("scale", ())], Profile(1, 1, 1))
+    with pytest.raises(ProfileShapeError, match="fixed batch of 1.*--profiles 1"):
+        profile_shapes([("images", (1, 3, 256, 256))], Profile(1, 32, 64))
+    with pytest.raises(ProfileShapeError, match="no inputs"):
+        profile_shapes([], Profile(1, 1, 1))
+    # a fixed batch that the range is exactly: fine
+    assert profile_shapes([("boxes", (8, 4))], Profile(8, 8, 8)) == {
+        "boxes": ((8, 4), (8, 4), (8, 4))}
+
+
+def _onnx_inputs(path):
+    """(name, dims) of a real ONNX file's graph inputs, a symbolic dim as -1."""
+    import onnx
+
+    model = onnx.load(str(path))
+    weights = {i.name for i in model.graph.initializer}
+    return [(i.name, tuple(d.dim_value if d.HasField("dim_value") else -1
+                           for d in i.type.tensor_type.shape.dim))
+            for i in model.graph.input if i.name not in weights]
+
+
+def test_profile_shapes_of_an_exported_graph(tmp_path):
+    """A real ONNX file with the decoder's three batch-first inputs (dynamic batch, the
+    exporter's own dims): every input gets the batch range and its fixed dims."""
+
+    class Decoder(torch.nn.Module):
+        def forward(self, image_embeddings, features, boxes):
+            pooled = image_embeddings.mean((2, 3)) + features.mean((2, 3))
+            return (pooled[:, :4] * boxes).sum(1, keepdim=True)
+
+    decoder = tmp_path / "decoder.onnx"
+    args = (torch.zeros(2, 96, 16, 16), torch.zeros(2, 96, 64, 64), torch.zeros(2, 4))
+    names = ["image_embeddings", "features", "boxes"]
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(Decoder(), args, str(decoder), input_names=names,
+                          output_names=["out"], dynamic_axes={n: {0: "batch"} for n in names},
+                          dynamo=False)
+    inputs = _onnx_inputs(decoder)
+    assert inputs == [("image_embeddings", (-1, 96, 16, 16)), ("features", (-1, 96, 64, 64)),
+                      ("boxes", (-1, 4))]
+    shapes = profile_shapes(inputs, Profile(2, 4, 16), source=str(decoder))
+    for name, dims in inputs:
+        assert shapes[name] == tuple((b, *dims[1:]) for b in (2, 4, 16)), name
+
+
+def test_runtime_loads_engines_without_export():
+    """Loading and running engines is runtime's job: the TensorRT modules of runtime/ import
+    nothing from sam_unet.export, at module level or inside functions."""
+    import ast
+
+    import sam_unet.runtime as runtime
+
+    folder = Path(runtime.__file__).parent
+    files = sorted(folder.glob("tensorrt_*.py"))
+    assert {f.name for f in files} >= {"tensorrt_backend.py", "tensorrt_engine.py",
+                                       "tensorrt_profiles.py", "tensorrt_sidecar.py"}
+    for path in files:
+        imported = []
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.append(node.module)
+            elif isinstance(node, ast.Import):
+                imported += [a.name for a in node.names]
+        assert not [m for m in imported if m.startswith("sam_unet.export")], path.name
+
+
+def test_export_package_names_resolve():
+    import sam_unet.export as X
+    from sam_unet.export import tensorrt as facade
+
+    assert X.build_engine is B.build_engine and X.build_or_reuse is C.build_or_reuse
+    assert X.EngineSpec is EngineSpec and X.TensorRTUnavailableError is TensorRTUnavailableError
+    assert facade.build_engine_cached is C.build_engine_cached
+    assert all(hasattr(facade, name) for name in facade.__all__)
 
 
 # -- without TensorRT: clear errors (the package is really absent here) -------------------------
@@ -229,7 +330,7 @@ needs_no_trt = pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
 @needs_no_trt
 def test_import_tensorrt_error_has_install_hint():
     with pytest.raises(TensorRTUnavailableError) as info:
-        T.import_tensorrt()
+        E.import_tensorrt()
     msg = str(info.value)
     assert "pip install tensorrt" in msg and 'pip install "sam-unet[trt]"' in msg
 
@@ -255,11 +356,11 @@ def test_load_engine_and_backend_without_tensorrt(tmp_path):
 
     engine = _engine_with_sidecar(tmp_path)
     with pytest.raises(TensorRTUnavailableError, match="pip install tensorrt"):
-        T.load_engine(engine)
+        E.load_engine(engine)
     with pytest.raises(TensorRTUnavailableError, match="pip install tensorrt"):
         make_backend("tensorrt", engine_path=engine, device="cuda")
     with pytest.raises(TensorRTUnavailableError):
-        T.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine")
+        B.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine")
 
 
 def test_build_engine_cli_argument_errors(tmp_path, capsys):
@@ -304,17 +405,17 @@ def test_build_run_and_reuse_engine(trt_env, tiny_onnx, tmp_path):
     _, onnx_path = tiny_onnx
     engine = tmp_path / "tiny.engine"
     timing = tmp_path / "timing.cache"
-    path, spec, built = T.build_or_reuse(
+    path, spec, built = C.build_or_reuse(
         onnx_path, engine, profiles="1:1:1,1:4:8", fp16=True, timing_cache=timing
     )
     assert built and path == engine and engine.stat().st_size > 0
     assert timing.stat().st_size > 0
-    recorded, doc = T.read_sidecar(engine)
+    recorded, doc = S.read_sidecar(engine)
     assert recorded == spec and spec.tensorrt_version == trt_env.__version__
-    assert spec.gpu == T.current_gpu(0)
+    assert spec.gpu == E.current_gpu(0)
     assert doc["fp32_pinned_layers"] > 0  # LayerNormalization layers were pinned
     # Same ONNX, same GPU, same options: reused, not rebuilt.
-    _, _, built_again = T.build_or_reuse(onnx_path, engine, profiles="1:1:1,1:4:8", fp16=True)
+    _, _, built_again = C.build_or_reuse(onnx_path, engine, profiles="1:1:1,1:4:8", fp16=True)
     assert not built_again
 
     trt_backend = make_backend("tensorrt", engine_path=engine, device="cuda")
@@ -337,13 +438,13 @@ def test_build_run_and_reuse_engine(trt_env, tiny_onnx, tmp_path):
 @pytest.mark.tensorrt
 def test_engine_cache_and_mismatch_on_real_engine(trt_env, tiny_onnx, tmp_path):
     _, onnx_path = tiny_onnx
-    path = T.build_engine_cached(onnx_path, cache_dir=tmp_path, profiles="1:2:4")
+    path = C.build_engine_cached(onnx_path, cache_dir=tmp_path, profiles="1:2:4")
     assert path.parent == tmp_path and (tmp_path / "timing.cache").is_file()
-    assert T.build_engine_cached(onnx_path, cache_dir=tmp_path, profiles="1:2:4") == path
-    loaded = T.load_engine(path)
+    assert C.build_engine_cached(onnx_path, cache_dir=tmp_path, profiles="1:2:4") == path
+    loaded = E.load_engine(path)
     assert loaded.input_names and loaded.output_names == ["logits"]
     # Pretend it came from another TensorRT: refused before deserialisation.
-    spec, _ = T.read_sidecar(path)
-    T.write_sidecar(path, dataclasses.replace(spec, tensorrt_version="0.0.1"))
+    spec, _ = S.read_sidecar(path)
+    S.write_sidecar(path, dataclasses.replace(spec, tensorrt_version="0.0.1"))
     with pytest.raises(EngineMismatchError, match="TensorRT 0.0.1"):
-        T.load_engine(path)
+        E.load_engine(path)

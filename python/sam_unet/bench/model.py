@@ -46,10 +46,14 @@ def _inputs(batch: int, device: str, dtype: Any) -> tuple[Any, Any]:
 
 def run_model_bench(variant: str, device: str, *, batches: tuple[int, ...],
                     configs: tuple[tuple[str, str], ...], runs: int = 10,
-                    onnx_path: str | None = None, baseline: bool = True) -> list[dict]:
+                    onnx_path: str | None = None, engine_path: str | None = None,
+                    baseline: bool = True) -> list[dict]:
     """Time each (backend, precision) at each batch size; one row per measurement.
 
-    configs: pairs like ("torch", "fp16"), ("torch-compile", "fp16"), ("onnxruntime", "fp32").
+    configs: pairs like ("torch", "fp16"), ("torch-compile", "fp16"), ("onnxruntime", "fp32"),
+    ("tensorrt", "fp16"). onnxruntime runs ``onnx_path`` (skipped without one); tensorrt runs
+    the engine file ``engine_path`` (its precision is the engine's; the FLOPs counted are those
+    of the same variant, so the engine must be built from it).
     Each row: variant, backend, precision, batch, seconds, slices_per_s, gflop_per_slice, tflops.
     """
     import torch
@@ -89,6 +93,10 @@ def run_model_bench(variant: str, device: str, *, batches: tuple[int, ...],
             if onnx_path is None:
                 continue
             kwargs["onnx_path"] = onnx_path
+        elif kind == "tensorrt":
+            if engine_path is None:
+                raise ValueError("the tensorrt configuration needs an engine file (--engine)")
+            kwargs["engine_path"] = engine_path
         else:
             model = build_model(variant, fast=True).eval()
             model.load_state_dict(plain.state_dict())
@@ -102,5 +110,5 @@ def run_model_bench(variant: str, device: str, *, batches: tuple[int, ...],
             images, boxes = _inputs(b, device, in_dtype)
             t = time_fn(lambda be=be, images=images, boxes=boxes: be.run(images, boxes),
                         device=device, runs=runs)
-            record(backend, precision, b, t.median, flops_fast)
+            record(backend, be.precision, b, t.median, flops_fast)
     return rows

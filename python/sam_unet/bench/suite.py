@@ -1,7 +1,8 @@
 """The whole benchmark suite: ceilings, model throughput, native ops, end to end.
 
 ``size="small"`` runs everything at CPU-friendly sizes (a smoke test, not a timing claim);
-``size="full"`` uses the sizes of PERFORMANCE.md (res34, batch 64, 512x512x300 volumes).
+``size="full"`` uses the sizes the GPU figures are quoted at (res34, batches 1, 32 and 64,
+512x512x300 int16 volumes).
 """
 
 from __future__ import annotations
@@ -33,15 +34,28 @@ def environment(device: str) -> dict[str, Any]:
     return env
 
 
-def run_suite(*, device: str = "cpu", size: str = "small", parts: tuple[str, ...] = (
-        "ceilings", "model", "ops", "pipeline"), variant: str | None = None,
-        configs: tuple[tuple[str, str], ...] | None = None, quiet: bool = False) -> dict:
-    """Run the selected parts and return the results dict (see report.write_all)."""
+PARTS = ("ceilings", "model", "ops", "pipeline")
+
+
+def run_suite(*, device: str = "cpu", size: str = "small", parts: tuple[str, ...] = PARTS,
+              variant: str | None = None, configs: tuple[tuple[str, str], ...] | None = None,
+              batches: tuple[int, ...] | None = None, runs: int | None = None,
+              volume: tuple[int, int, int] | None = None, engine_path: str | None = None,
+              quiet: bool = False) -> dict:
+    """Run the selected parts and return the results dict (see report.write_all).
+
+    ``size`` picks the defaults (:data:`SIZES`); ``variant``, ``batches`` (model batch sizes),
+    ``runs`` (timed runs per figure), ``volume`` (the end-to-end volume shape) and ``configs``
+    ((backend, precision) pairs of the model part) replace them. ``engine_path``: the TensorRT
+    engine a ("tensorrt", ...) config runs."""
     import tempfile
 
     from sam_unet.bench.ceilings import copy_gbps, matmul_tflops
 
-    cfg = SIZES[size]
+    cfg = dict(SIZES[size])
+    for key, value in (("batches", batches), ("runs", runs), ("volume", volume)):
+        if value is not None:
+            cfg[key] = value
     variant = variant or cfg["variant"]
     cuda = device.startswith("cuda")
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
@@ -71,7 +85,7 @@ def run_suite(*, device: str = "cpu", size: str = "small", parts: tuple[str, ...
             onnx_path = str(export_onnx(build_model(variant, fast=False).eval(),
                                         tmp / "model.onnx"))
         rows = run_model_bench(variant, device, batches=cfg["batches"], configs=configs,
-                               runs=cfg["runs"], onnx_path=onnx_path)
+                               runs=cfg["runs"], onnx_path=onnx_path, engine_path=engine_path)
         for r in rows:
             if ceil_tflops:
                 r["pct_of_ceiling"] = 100.0 * r["tflops"] / ceil_tflops

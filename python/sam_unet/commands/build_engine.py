@@ -44,14 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sam_unet.export.tensorrt import (
-        EngineCache,
-        build_or_reuse,
-        format_profiles,
-        import_tensorrt,
-        parse_profiles,
-        sidecar_path,
-    )
+    from sam_unet.export.engine_cache import EngineCache, build_or_reuse
+    from sam_unet.runtime.tensorrt_engine import import_tensorrt
+    from sam_unet.runtime.tensorrt_profiles import format_profiles, parse_profiles
+    from sam_unet.runtime.tensorrt_sidecar import sidecar_path
 
     profiles = parse_profiles(args.profiles)  # bad specs fail before anything heavy
     fp32_layers = tuple(t.strip().upper() for t in args.fp32_layers.split(",") if t.strip())

@@ -12,16 +12,10 @@ import os
 
 import torch
 
-from sam_unet.export.tensorrt import (
-    format_profiles,
-    import_tensorrt,
-    load_engine,
-    select_profile,
-)
-from sam_unet.export.tensorrt import (
-    max_batch as profiles_max_batch,
-)
 from sam_unet.runtime.backends import check_inputs, run_in_chunks
+from sam_unet.runtime.tensorrt_engine import import_tensorrt, load_engine
+from sam_unet.runtime.tensorrt_profiles import format_profiles, select_profile
+from sam_unet.runtime.tensorrt_profiles import max_batch as profiles_max_batch
 
 
 class TensorRTBackend:
