@@ -94,6 +94,26 @@ def test_train_dataset_matches_engine_preprocessing(tmp_path):
     assert full["boxes"].tolist() == [[0, 0, 255, 170]] * 2
 
 
+def test_both_prompt_kinds_alternate_per_sample(tmp_path):
+    """prompt="both": a sample's masks alternate between the full-slice box and the jittered
+    structure box; one mask per sample mixes the two kinds over samples; "both" models are
+    validated with the full-slice box."""
+    root = _make_dataset(tmp_path / "toy")
+    full = [0.0, 0.0, 255.0, 170.0]
+    ds = TrainDataset([root], prompt="both", masks_per_image=4, seed=5)
+    for e in range(3):
+        boxes = ds[(e, 0)]["boxes"].tolist()
+        kinds = ["full" if b == full else "box" for b in boxes]
+        assert kinds in (["full", "box"] * 2, ["box", "full"] * 2), kinds
+    one = TrainDataset([root], prompt="both", masks_per_image=1, seed=5)
+    firsts = {("full" if one[(e, i)]["boxes"][0].tolist() == full else "box")
+              for e in range(8) for i in range(2)}
+    assert firsts == {"full", "box"}
+    assert TestDataset([root], prompt="both")[0]["boxes"].tolist() == [full, full]
+    with pytest.raises(ValueError, match="prompt must be one of"):
+        TrainDataset([root], prompt="tight")
+
+
 def test_augmentations_and_rgb(tmp_path):
     root = _make_dataset(tmp_path / "rgb", rgb=True, mask_values=(0, 1))
     ds = TrainDataset([root], augment="hflip,vflip,intensity", jitter=False, masks_per_image=1)

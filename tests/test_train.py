@@ -157,7 +157,9 @@ def test_demo_recipe_smoke(tmp_path):
     assert metrics["steps"] == 2 and metrics["heldout_slices"] == 10
     assert 0.0 <= metrics["heldout_dice"] <= 1.0
     obj = torch.load(out, map_location="cpu", weights_only=True)
-    assert obj["weights_dtype"] == "float16" and obj["prompt"] == "full"
+    assert obj["weights_dtype"] == "float16" and obj["prompt"] == "both"
+    assert obj["model_info"]["prompt_mode"] == "both"
+    assert 0.0 <= metrics["heldout_box_dice"] <= 1.0
     assert all(v.dtype == torch.float16 for v in obj["model"].values() if v.is_floating_point())
     model = checkpoints.load_model(out)
     assert next(model.parameters()).dtype == torch.float32
@@ -174,7 +176,7 @@ def test_shipped_demo_checkpoint():
         pytest.skip("assets/demo_tiny.pt not built")
     assert path.stat().st_size < 5 * 2**20
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    assert obj["variant"] == "tiny" and obj["prompt"] == "full"
+    assert obj["variant"] == "tiny" and obj["prompt"] in ("full", "both")
     model = checkpoints.load_model(path)
     assert model.variant == "tiny"
     with torch.no_grad():

@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="freeze the SAM image encoder (default unless tiny without SAM weights)")
     fz.add_argument("--train-encoder", dest="freeze_encoder", action="store_false",
                     help="train the SAM image encoder too")
-    parser.add_argument("--prompt", choices=("box", "full"), default="box",
-                        help="box: largest-component boxes; full: the whole slice (no prompts)")
+    parser.add_argument("--prompt", choices=("box", "full", "both"), default="box",
+                        help="box: largest-component boxes; full: the whole slice (no prompts); "
+                             "both: each mask gets one of the two (alternating)")
     parser.add_argument("--masks-per-image", type=int, default=5, help="published 5")
     parser.add_argument("--no-jitter", dest="jitter", action="store_false",
                         help="no box jitter in training")

@@ -19,7 +19,14 @@ import numpy as np
 
 from sam_unet.data import layout
 from sam_unet.data.layout import DatasetError
-from sam_unet.data.prompts import PROMPT_KINDS, full_box, jitter_box, mask_box
+from sam_unet.data.prompts import (
+    PROMPT_KINDS,
+    evaluation_kind,
+    full_box,
+    jitter_box,
+    mask_box,
+    prompt_kinds_for,
+)
 
 AUGMENTATIONS = ("hflip", "vflip", "intensity")
 
@@ -174,9 +181,10 @@ class TrainDataset:
         sy, sx = hw[0] / h, hw[1] / w
         boxes = np.zeros((self.masks_per_image, 4), dtype=np.float32)
         out_masks = np.zeros((self.masks_per_image, x.shape[1], x.shape[2]), dtype=np.uint8)
+        kinds = prompt_kinds_for(self.prompt, len(masks), rng)
         for j, m in enumerate(masks):
             out_masks[j] = resize_pad_mask(m, hw)
-            box = mask_box(m) if self.prompt == "box" else None
+            box = mask_box(m) if kinds[j] == "box" else None
             if box is None:
                 boxes[j] = full_box(hw)
                 continue
@@ -205,8 +213,9 @@ class TestDataset:
 
     ``__getitem__`` returns a dict: ``image`` (3, 256, 256) float32, ``masks`` list of bool
     (H, W) at the original resolution, ``boxes`` (K, 4) float32 in the 256 frame (largest
-    component box, no jitter, or the full-slice box), ``original_hw``, ``resized_hw``,
-    ``image_path``, ``mask_paths``, ``folder``, ``modality``, ``dataset``, ``case``.
+    component box, no jitter, or the full-slice box; ``prompt="both"`` is evaluated with the
+    full-slice box, see :func:`~sam_unet.data.prompts.evaluation_kind`), ``original_hw``,
+    ``resized_hw``, ``image_path``, ``mask_paths``, ``folder``, ``modality``, ``dataset``, ``case``.
     """
 
     __test__ = False  # not a pytest test class
@@ -246,8 +255,9 @@ class TestDataset:
         x, hw = preprocess_uint8(image)
         h, w = image.shape[:2]
         boxes = np.zeros((len(masks), 4), dtype=np.float32)
+        kind = evaluation_kind(self.prompt)
         for j, m in enumerate(masks):
-            box = mask_box(m) if self.prompt == "box" else None
+            box = mask_box(m) if kind == "box" else None
             if box is None:
                 boxes[j] = full_box(hw)
             else:

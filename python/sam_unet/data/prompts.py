@@ -1,6 +1,11 @@
 """Box prompts: the box of a mask's largest connected component, the published training
 jitter, and the full-slice box for models that run without prompts.
 
+Prompt kinds for training (``PROMPT_KINDS``): "box" (the published recipe: the jittered box of
+the mask's largest component; the full-slice box for an empty mask), "full" (always the
+full-slice box: a model that runs without prompts) and "both" (each mask gets one of the two,
+see :func:`prompt_kinds_for`: the model answers the full-slice box and a tight box).
+
 Box convention (see docs/internal-api.md, "prompts"): (x0, y0, x1, y1) with x along columns
 (W) and y along rows (H), inclusive pixel indices, so a mask covering one pixel (r, c) has the
 box (c, r, c, r). The full-slice box of a resized slice of size (h', w') in the 256 frame is
@@ -11,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-PROMPT_KINDS = ("box", "full")
+PROMPT_KINDS = ("box", "full", "both")
 JITTER_STD = 0.1  # noise std as a fraction of min(box width, box height)
 JITTER_MAX_PIXELS = 5.0  # cap on the shift of each coordinate (pixels)
 
@@ -80,3 +85,27 @@ def scale_box(box: np.ndarray, original_hw, resized_hw) -> np.ndarray:
         transforms.scale_boxes(np.asarray(box, np.float32)[None], original_hw, resized_hw)[0],
         dtype=np.float32,
     )
+
+
+def prompt_kinds_for(kind: str, n_masks: int, rng: np.random.Generator) -> list[str]:
+    """The prompt ("box" or "full") of each of a sample's ``n_masks`` masks.
+
+    "box" and "full" give that kind to every mask and draw nothing from ``rng`` (so their
+    random streams are unchanged). "both" draws the first mask's kind with probability 1/2 and
+    alternates after it: a sample with two masks sees one of each, one mask per sample gives an
+    even mix over an epoch.
+    """
+    if kind not in PROMPT_KINDS:
+        raise ValueError(f"prompt must be one of {PROMPT_KINDS}, got {kind!r}")
+    if kind != "both":
+        return [kind] * n_masks
+    first = int(rng.integers(0, 2))
+    return [("full", "box")[(first + j) % 2] for j in range(n_masks)]
+
+
+def evaluation_kind(kind: str) -> str:
+    """The prompt a model trained with ``kind`` is validated with: "both" -> "full" (the
+    prompt-free use the demo reports); "box" and "full" as they are."""
+    if kind not in PROMPT_KINDS:
+        raise ValueError(f"prompt must be one of {PROMPT_KINDS}, got {kind!r}")
+    return "full" if kind == "both" else kind

@@ -6,6 +6,11 @@ A backend runs the whole model, ``(images, boxes) -> logits``:
   ``backend.device``;
 - returns ``logits`` (B, 1, 64, 64) float32 on ``backend.device``.
 
+Backends that also run SAM's split say so with ``can_split = True`` and offer
+``encode(images) -> (image_embeddings (B, C, 16, 16), features (B, C/8, 64, 64))`` (on
+``backend.device``, in the backend's compute dtype) and ``decode(image_embeddings, features,
+boxes (B, 4)) -> logits (B, 1, 64, 64) float32`` (see :func:`check_split_inputs`).
+
 Batches larger than ``max_batch`` are split. Implementations: ``torch`` (torch_backend.py),
 ``onnxruntime`` (onnxruntime_backend.py), ``tensorrt`` (tensorrt_backend.py).
 """
@@ -57,16 +62,26 @@ def normalize_device(device) -> str:
     return resolve_device(device, check=False)
 
 
-def check_inputs(images: torch.Tensor, boxes: torch.Tensor) -> int:
-    """Validate shapes and dtypes; returns the batch size."""
+def check_images(images: torch.Tensor) -> int:
+    """Validate an image batch (B, 3, 256, 256) float; returns the batch size."""
     import torch
 
-    if not isinstance(images, torch.Tensor) or not isinstance(boxes, torch.Tensor):
-        raise TypeError("images and boxes must be torch tensors")
+    if not isinstance(images, torch.Tensor):
+        raise TypeError("images must be a torch tensor")
     if images.ndim != 4 or tuple(images.shape[1:]) != (3, 256, 256):
         raise ValueError(f"images: expected shape (B, 3, 256, 256), got {tuple(images.shape)}")
     if images.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"images: unsupported dtype {images.dtype} (float16/float32)")
+    return int(images.shape[0])
+
+
+def check_inputs(images: torch.Tensor, boxes: torch.Tensor) -> int:
+    """Validate shapes and dtypes; returns the batch size."""
+    import torch
+
+    if not isinstance(boxes, torch.Tensor):
+        raise TypeError("images and boxes must be torch tensors")
+    check_images(images)
     if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] != images.shape[0]:
         raise ValueError(
             f"boxes: expected shape ({images.shape[0]}, 4) to match images, got "
@@ -75,6 +90,27 @@ def check_inputs(images: torch.Tensor, boxes: torch.Tensor) -> int:
     if not boxes.is_floating_point():
         raise ValueError(f"boxes: expected a float tensor, got {boxes.dtype}")
     return int(images.shape[0])
+
+
+def check_split_inputs(image_embeddings: torch.Tensor, features: torch.Tensor,
+                       boxes: torch.Tensor) -> int:
+    """Validate ``decode``'s inputs (4D float embeddings and features of one batch, (B, 4) float
+    boxes); returns the batch size."""
+    import torch
+
+    for name, t in (("image_embeddings", image_embeddings), ("features", features),
+                    ("boxes", boxes)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point torch tensor")
+    b = int(image_embeddings.shape[0])
+    if image_embeddings.ndim != 4 or features.ndim != 4 or features.shape[0] != b:
+        raise ValueError(
+            f"image_embeddings {tuple(image_embeddings.shape)} and features "
+            f"{tuple(features.shape)}: expected (B, C, 16, 16) and (B, C/8, 64, 64)"
+        )
+    if boxes.ndim != 2 or tuple(boxes.shape) != (b, 4):
+        raise ValueError(f"boxes: expected shape ({b}, 4), got {tuple(boxes.shape)}")
+    return b
 
 
 def run_in_chunks(fn, images, boxes, max_batch: int):

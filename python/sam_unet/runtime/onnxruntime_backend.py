@@ -11,7 +11,12 @@ import os
 import numpy as np
 import torch
 
-from sam_unet.runtime.backends import check_inputs, run_in_chunks
+from sam_unet.runtime.backends import (
+    check_images,
+    check_inputs,
+    check_split_inputs,
+    run_in_chunks,
+)
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 
@@ -109,6 +114,10 @@ class OnnxRuntimeBackend:
         self.providers = self.session.get_providers()
         self.threads = threads
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self._provider_list = providers
+        self._split: tuple | None = None  # (encoder session, decoder session) once opened
+        self._pair = None  # the split files beside the model, once looked for
+        self.split_reason = ""
 
     input_dtype = torch.float32  # the graph's inputs
 
@@ -116,6 +125,89 @@ class OnnxRuntimeBackend:
         check_inputs(images, boxes)
         fn = self._run_cpu if self.device == "cpu" else self._run_cuda
         return run_in_chunks(fn, images, boxes, self.max_batch)
+
+    # -- SAM's split: NAME.encoder.onnx and NAME.decoder.onnx beside NAME.onnx ----------------
+
+    @property
+    def can_split(self) -> bool:
+        """True when the encoder and decoder graphs exported beside this very model file are
+        there (sam-unet export writes them); ``split_reason`` says why not otherwise."""
+        if self._pair is None:
+            from sam_unet.export.onnx_split import split_pair_for
+
+            pair, why = split_pair_for(self.onnx_path)
+            self._pair = pair or False
+            self.split_reason = why
+        return bool(self._pair)
+
+    def _split_sessions(self) -> tuple:
+        if self._split is None:
+            if not self.can_split:
+                raise RuntimeError(f"{self.onnx_path}: no encoder/decoder graphs: "
+                                   f"{self.split_reason}")
+            import onnxruntime as ort
+
+            from sam_unet.export.onnx import session_options
+
+            self._split = tuple(
+                ort.InferenceSession(str(p), sess_options=session_options(self.threads),
+                                     providers=self._provider_list)
+                for p in (self._pair.encoder, self._pair.decoder)
+            )
+        return self._split
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 3, 256, 256) -> (image_embeddings, features) float32 on ``device``."""
+        n = check_images(images)
+        enc, _ = self._split_sessions()
+        embs, feats = [], []
+        for i in range(0, n, self.max_batch):
+            x = images[i:i + self.max_batch]
+            out = self._run_graph(enc, {"images": x}, ("image_embeddings", "features"))
+            embs.append(out[0])
+            feats.append(out[1])
+        if len(embs) == 1:
+            return embs[0], feats[0]
+        return torch.cat(embs), torch.cat(feats)
+
+    def decode(self, image_embeddings: torch.Tensor, features: torch.Tensor,
+               boxes: torch.Tensor) -> torch.Tensor:
+        """One box per encoded image -> logits (B, 1, 64, 64) float32 on ``device``."""
+        n = check_split_inputs(image_embeddings, features, boxes)
+        _, dec = self._split_sessions()
+        outs = []
+        for i in range(0, n, self.max_batch):
+            sl = slice(i, i + self.max_batch)
+            feeds = {"image_embeddings": image_embeddings[sl], "features": features[sl],
+                     "boxes": boxes[sl]}
+            outs.append(self._run_graph(dec, feeds, ("logits",))[0])
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _run_graph(self, session, feeds: dict, output_names: tuple[str, ...]) -> list:
+        """Run ``session`` on float32 ``feeds``; on CUDA through IO binding into torch tensors
+        (the graphs declare every output dim but the batch)."""
+        if self.device == "cpu":
+            arrays = {k: v.detach().to("cpu", torch.float32).contiguous().numpy()
+                      for k, v in feeds.items()}
+            return [torch.from_numpy(o) for o in session.run(list(output_names), arrays)]
+        tensors = {k: v.to(self.device, torch.float32).contiguous() for k, v in feeds.items()}
+        binding = session.io_binding()
+        for name, t in tensors.items():
+            binding.bind_input(name=name, device_type="cuda", device_id=self._device_id,
+                               element_type=np.float32, shape=tuple(t.shape),
+                               buffer_ptr=t.data_ptr())
+        n = int(next(iter(tensors.values())).shape[0])
+        declared = {o.name: o.shape for o in session.get_outputs()}
+        outs = []
+        for name in output_names:
+            out = torch.empty((n, *declared[name][1:]), device=self.device, dtype=torch.float32)
+            binding.bind_output(name=name, device_type="cuda", device_id=self._device_id,
+                                element_type=np.float32, shape=tuple(out.shape),
+                                buffer_ptr=out.data_ptr())
+            outs.append(out)
+        torch.cuda.current_stream(self.device).synchronize()
+        session.run_with_iobinding(binding)
+        return outs
 
     def describe(self) -> str:
         import onnxruntime as ort

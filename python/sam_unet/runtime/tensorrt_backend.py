@@ -12,10 +12,82 @@ import os
 
 import torch
 
-from sam_unet.runtime.backends import check_inputs, run_in_chunks
+from sam_unet.runtime.backends import (
+    check_images,
+    check_inputs,
+    check_split_inputs,
+    run_in_chunks,
+)
 from sam_unet.runtime.tensorrt_engine import import_tensorrt, load_engine
 from sam_unet.runtime.tensorrt_profiles import format_profiles, select_profile
 from sam_unet.runtime.tensorrt_profiles import max_batch as profiles_max_batch
+
+
+class _TrtGraph:
+    """One engine run by tensor name (TensorRT 10 name-based I/O): per batch, the narrowest
+    optimisation profile that holds it, input shapes set, torch CUDA tensors bound by address,
+    enqueued on ``stream``. Used for the split encoder and decoder engines."""
+
+    def __init__(self, loaded, trt, device: str, stream) -> None:
+        self.loaded = loaded
+        self.engine = loaded.engine
+        self.device = device
+        self.stream = stream
+        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16}
+        self.dtypes = {}
+        for name in (*loaded.input_names, *loaded.output_names):
+            dt = self.engine.get_tensor_dtype(name)
+            if dt not in dtypes:
+                raise ValueError(f"{loaded.path}: tensor {name!r} has unsupported type {dt}")
+            self.dtypes[name] = dtypes[dt]
+        self.max_batch = profiles_max_batch(loaded.profiles)
+        self._contexts: dict[int, object] = {}
+
+    def check_names(self, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
+        if set(self.loaded.input_names) != set(inputs) or \
+                not set(outputs) <= set(self.loaded.output_names):
+            raise ValueError(
+                f"{self.loaded.path}: engine inputs {self.loaded.input_names} / outputs "
+                f"{self.loaded.output_names}; expected {list(inputs)} -> {list(outputs)}"
+            )
+
+    def _context(self, profile_index: int):
+        ctx = self._contexts.get(profile_index)
+        if ctx is None:
+            ctx = self.engine.create_execution_context()
+            if ctx is None:
+                raise RuntimeError("TensorRT could not create an execution context (GPU memory?)")
+            if not ctx.set_optimization_profile_async(profile_index, self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT refused optimisation profile {profile_index}")
+            self._contexts[profile_index] = ctx
+        return ctx
+
+    def run(self, feeds: dict, outputs: tuple[str, ...]) -> list[torch.Tensor]:
+        """``feeds`` {input name: tensor with the batch first} -> the named outputs, in the
+        engine's dtypes, on ``device``; the batch must fit a profile (callers chunk)."""
+        n = int(next(iter(feeds.values())).shape[0])
+        ctx = self._context(select_profile(self.loaded.profiles, n))
+        bound = {k: v.to(self.device, self.dtypes[k]).contiguous() for k, v in feeds.items()}
+        for name, t in bound.items():
+            if not ctx.set_input_shape(name, tuple(t.shape)):
+                raise RuntimeError(f"TensorRT rejected shape {tuple(t.shape)} for input {name!r}")
+            ctx.set_tensor_address(name, t.data_ptr())
+        outs = []
+        for name in outputs:
+            shape = tuple(ctx.get_tensor_shape(name))
+            if not shape or shape[0] != n or any(d < 0 for d in shape):
+                raise RuntimeError(f"engine output {name!r} has shape {shape} for batch {n}")
+            out = torch.empty(shape, device=self.device, dtype=self.dtypes[name])
+            ctx.set_tensor_address(name, out.data_ptr())
+            outs.append(out)
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)
+        if not ctx.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        for t in (*bound.values(), *outs):
+            t.record_stream(self.stream)
+        current.wait_stream(self.stream)
+        return outs
 
 
 class TensorRTBackend:
@@ -28,6 +100,8 @@ class TensorRTBackend:
         device: str = "cuda:0",
         max_batch: int | None = None,
         verbose: bool = False,
+        encoder_engine_path: str | os.PathLike | None = None,
+        decoder_engine_path: str | os.PathLike | None = None,
     ) -> None:
         if str(device) == "cpu":
             raise ValueError("the tensorrt backend needs a CUDA device (device='cuda' or 'cuda:N')")
@@ -58,6 +132,60 @@ class TensorRTBackend:
             self._dtypes[name] = dtypes[dt]
         self._stream = torch.cuda.Stream(device=dev)
         self._contexts: dict[int, object] = {}
+        self._encoder = self._decoder = None
+        if (encoder_engine_path is None) != (decoder_engine_path is None):
+            raise ValueError("pass both encoder_engine_path and decoder_engine_path, or neither")
+        if encoder_engine_path is not None:
+            with torch.cuda.device(self._index):
+                self._encoder = _TrtGraph(load_engine(encoder_engine_path, device=self._index,
+                                                      verbose=verbose), trt, self.device,
+                                          self._stream)
+                self._decoder = _TrtGraph(load_engine(decoder_engine_path, device=self._index,
+                                                      verbose=verbose), trt, self.device,
+                                          self._stream)
+            self._encoder.check_names(("images",), ("image_embeddings", "features"))
+            self._decoder.check_names(("image_embeddings", "features", "boxes"), ("logits",))
+
+    @property
+    def can_split(self) -> bool:
+        """True when encoder and decoder engines were given (built from NAME.encoder.onnx and
+        NAME.decoder.onnx: see sam_unet.export.tensorrt_split)."""
+        return self._encoder is not None
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 3, 256, 256) -> (image_embeddings, features) on ``device``, in the encoder
+        engine's output dtypes."""
+        n = check_images(images)
+        if self._encoder is None:
+            raise RuntimeError("this TensorRT backend has no encoder/decoder engines")
+        step = min(self.max_batch, self._encoder.max_batch)
+        embs, feats = [], []
+        with torch.cuda.device(self._index):
+            for i in range(0, n, step):
+                emb, feat = self._encoder.run({"images": images[i:i + step]},
+                                              ("image_embeddings", "features"))
+                embs.append(emb)
+                feats.append(feat)
+        if len(embs) == 1:
+            return embs[0], feats[0]
+        return torch.cat(embs), torch.cat(feats)
+
+    def decode(self, image_embeddings: torch.Tensor, features: torch.Tensor,
+               boxes: torch.Tensor) -> torch.Tensor:
+        """One box per encoded image -> logits (B, 1, 64, 64) float32 on ``device``."""
+        n = check_split_inputs(image_embeddings, features, boxes)
+        if self._decoder is None:
+            raise RuntimeError("this TensorRT backend has no encoder/decoder engines")
+        step = min(self.max_batch, self._decoder.max_batch)
+        outs = []
+        with torch.cuda.device(self._index):
+            for i in range(0, n, step):
+                sl = slice(i, i + step)
+                (logits,) = self._decoder.run(
+                    {"image_embeddings": image_embeddings[sl], "features": features[sl],
+                     "boxes": boxes[sl]}, ("logits",))
+                outs.append(logits.float())
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     @property
     def input_dtype(self) -> torch.dtype:

@@ -13,7 +13,12 @@ import warnings
 
 import torch
 
-from sam_unet.runtime.backends import check_inputs, run_in_chunks
+from sam_unet.runtime.backends import (
+    check_images,
+    check_inputs,
+    check_split_inputs,
+    run_in_chunks,
+)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -42,6 +47,7 @@ def enable_compile_cache() -> str:
 
 class TorchBackend:
     name = "torch"
+    can_split = True  # encode / decode: eager, no CUDA graphs
 
     def __init__(
         self,
@@ -91,6 +97,38 @@ class TorchBackend:
     def run(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         check_inputs(images, boxes)
         return run_in_chunks(self._run_batch, images, boxes, self.max_batch)
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 3, 256, 256) -> (image_embeddings (B, C, 16, 16), features
+        (B, C/8, 64, 64)) on ``device`` in the compute dtype, in chunks of ``max_batch``."""
+        n = check_images(images)
+        model = getattr(self.model, "_orig_mod", self.model)  # the eager module
+        embs, feats = [], []
+        with torch.inference_mode():
+            for i in range(0, n, self.max_batch):
+                x = images[i:i + self.max_batch].to(device=self.device, dtype=self.dtype,
+                                                     non_blocking=True)
+                emb, feat = model.encode(x)
+                embs.append(emb)
+                feats.append(feat)
+        if len(embs) == 1:
+            return embs[0], feats[0]
+        return torch.cat(embs), torch.cat(feats)
+
+    def decode(self, image_embeddings: torch.Tensor, features: torch.Tensor,
+               boxes: torch.Tensor) -> torch.Tensor:
+        """One box per encoded image -> logits (B, 1, 64, 64) float32 on ``device``."""
+        n = check_split_inputs(image_embeddings, features, boxes)
+        model = getattr(self.model, "_orig_mod", self.model)
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, n, self.max_batch):
+                sl = slice(i, i + self.max_batch)
+                emb = image_embeddings[sl].to(device=self.device, dtype=self.dtype)
+                feat = features[sl].to(device=self.device, dtype=self.dtype)
+                b = boxes[sl].to(device=self.device, dtype=torch.float32)
+                outs.append(model.decode(emb, feat, b).float())
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def describe(self) -> str:
         graphs = ""
