@@ -154,6 +154,45 @@ def _post_cases() -> list[Case]:
 PRE_CASES = _pre_cases()
 POST_CASES = _post_cases()
 
+# dtypes the native preprocess reads beyond the reference's (NumPy dtype strings, ">" big-endian),
+# each with the reference dtype that holds the same values exactly
+EXTRA_DTYPES = {
+    "int8": np.int16, "bool": np.uint8, "uint32": np.float64, "int64": np.float64,
+    "uint64": np.float64, "float16": np.float32, ">i2": np.int16, ">u2": np.uint16,
+    ">i4": np.int32, ">u4": np.float64, ">i8": np.float64, ">f2": np.float32, ">f4": np.float32,
+    ">f8": np.float64,
+}  # fmt: skip
+
+
+def extra_volume(case: Case, seed: int = 0):
+    """(base, view) of case.dtype (a key of EXTRA_DTYPES) over its value range (64-bit integers
+    up to 2**62, past float64's exact integers, with small values in the first slice), and one
+    constant slice."""
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(case.dtype)
+
+    def make(shape):
+        if dt.kind == "b":
+            return rng.integers(0, 2, shape).astype(bool)
+        if dt.kind in "iu":
+            info = np.iinfo(dt)
+            lo, hi = max(int(info.min), -(2**62)), min(int(info.max), 2**62)
+            return rng.integers(lo, hi, shape, dtype=np.int64, endpoint=True).astype(dt)
+        return rng.normal(100.0, 400.0, shape).astype(dt)
+
+    base, view = make_view(case, make)
+    ax = case.axis % 3
+    if view.shape[ax] > 1:
+        idx = [slice(None)] * 3
+        idx[ax] = view.shape[ax] - 1
+        view[tuple(idx)] = view.flat[0]
+        if dt.kind in "iu" and dt.itemsize == 8 and view.shape[ax] > 2:
+            idx[ax] = 0  # small values beside huge ones: float64 rounding must match NumPy's
+            view[tuple(idx)] = (np.arange(view[tuple(idx)].size) % 7).reshape(
+                view[tuple(idx)].shape
+            ).astype(dt)
+    return base, view
+
 
 def volume_shape(case: Case) -> tuple[int, int, int]:
     """(X, Y, Z) whose slices along case.axis are case.hw."""

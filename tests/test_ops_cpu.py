@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 
 import numpy as np
@@ -9,12 +10,15 @@ import pytest
 import torch
 
 from conftest import (
+    EXTRA_DTYPES,
+    MODES,
     POST_CASES,
     PRE_CASES,
     Case,
     assert_masks_match,
     assert_preprocess_close,
     exact_logits,
+    extra_volume,
     make_view,
     random_logits,
     random_volume,
@@ -101,10 +105,10 @@ def test_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match="empty axis"):
         ops.preprocess(np.zeros((0, 9, 4), np.int16), out, z0=0, n=2)
     with pytest.raises(ValueError, match="unsupported dtype"):
-        ops.preprocess(vol.astype(np.int64), out, z0=0, n=2)
+        ops.preprocess(vol.astype(np.complex64), out, z0=0, n=2)
     with pytest.raises(ValueError, match="out must have shape"):
         ops.preprocess(vol, out[:1], z0=0, n=2)
-    with pytest.raises(ValueError, match="out must be float16 or float32"):
+    with pytest.raises(ValueError, match="out must be float16, bfloat16 or float32"):
         ops.preprocess(vol, out.astype(np.float64), z0=0, n=2)
     with pytest.raises(ValueError, match="outside"):
         ops.preprocess(vol, out, z0=3, n=2)
@@ -252,3 +256,117 @@ def test_gather_scatter_errors() -> None:
         ops.scatter_slices(np.zeros((4, 8, 9), np.int16), ro, z0=0, n=4)
     with pytest.raises(ValueError, match="NumPy array or a torch CPU tensor"):
         ops.gather_slices([[[1]]], np.zeros((1, 1, 1), np.int64), z0=0, n=1)
+
+
+# --------------------------------------------------------------------------------------------
+# dtypes beyond the reference's, byte order, bfloat16
+# --------------------------------------------------------------------------------------------
+EXTRA_CASES = [
+    Case((33, 17), 4, (0, 1, 2)[i % 3], COPY_VIEWS[i % len(COPY_VIEWS)], dt, mode, win,
+         (np.float32, np.float16)[i % 2], z0=i % 2)
+    for i, (dt, (mode, win)) in enumerate(
+        (dt, m) for dt in EXTRA_DTYPES for m in MODES
+    )
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", EXTRA_CASES, ids=lambda c: c.id)
+def test_preprocess_extra_dtypes_match_reference(case: Case) -> None:
+    assert ops.reads_natively(np.empty(1, case.dtype))
+    _, vol = extra_volume(case, seed=zlib.crc32(case.id.encode()))
+    n = case.count
+    ref, _ = transforms.preprocess_slices(
+        vol.astype(EXTRA_DTYPES[np.dtype(case.dtype).str if np.dtype(case.dtype).byteorder == ">"
+                                else np.dtype(case.dtype).name]),
+        case.z0, n, axis=case.axis, mode=case.mode, window=case.window, dtype=case.out_dtype,
+    )  # fmt: skip
+    out = np.full((n, 3, 256, 256), np.nan, case.out_dtype)
+    ops.preprocess(vol, out, z0=case.z0, n=n, axis=case.axis, mode=case.mode, window=case.window)
+    assert_preprocess_close(out, ref, case.out_dtype)
+
+
+def _bf16_close(got: torch.Tensor, ref: np.ndarray) -> None:
+    """bfloat16 outputs: within 1 gray level plus bfloat16 rounding (8 significant bits)."""
+    g = got.float().numpy()
+    atol = 1.0 / 57.12 + 1e-5
+    ok = np.abs(g - ref) <= atol + 2.0**-8 * np.abs(ref)
+    assert ok.all(), f"{int((~ok).sum())} values differ; first at {np.argwhere(~ok)[0]}"
+
+
+def test_bfloat16_volumes_outputs_and_logits() -> None:
+    rng = np.random.default_rng(7)
+    vol32 = rng.normal(0, 300, (50, 37, 5)).astype(np.float32)
+    vol = torch.from_numpy(vol32).to(torch.bfloat16)
+    assert ops.reads_natively(vol)
+    ref, sizes = transforms.preprocess_slices(vol.float().numpy(), 1, 4, mode="slice-minmax")
+    out = torch.full((4, 3, 256, 256), float("nan"), dtype=torch.bfloat16)
+    got_sizes = ops.preprocess(vol, out, z0=1, n=4)  # bf16 in, bf16 out
+    np.testing.assert_array_equal(got_sizes, sizes)
+    _bf16_close(out, ref)
+    # a bfloat16 view with negative strides, window mode, float32 out
+    view = vol.permute(2, 1, 0)[:, :, 1:].flip(0)
+    ref, _ = transforms.preprocess_slices(
+        view.float().numpy(), 0, 3, axis=1, mode="window", window=(-200, 300)
+    )
+    out32 = np.full((3, 3, 256, 256), np.nan, np.float32)
+    ops.preprocess(view, out32, z0=0, n=3, axis=1, mode="window", window=(-200, 300))
+    assert_preprocess_close(out32, ref, np.float32)
+    # ml_dtypes' NumPy bfloat16
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    np_bf16 = vol.float().numpy().astype(ml_dtypes.bfloat16)
+    assert ops.reads_natively(np_bf16)
+    ops.preprocess(np_bf16, out32[:2], z0=3, n=2)
+    ref, _ = transforms.preprocess_slices(vol.float().numpy(), 3, 2)
+    assert_preprocess_close(out32[:2], ref, np.float32)
+    # bfloat16 logits
+    logits = torch.from_numpy(random_logits(3, np.float32, seed=2)).to(torch.bfloat16)
+    mask = np.full((50, 37, 3), 7, np.uint8)
+    ops.postprocess(logits, mask, z0=0, n=3, resized_hw=tuple(sizes[0]))
+    lg = logits.float().numpy()
+    assert_masks_match(
+        np.moveaxis(mask, 2, 0),
+        transforms.postprocess_batch(lg, sizes[0], (50, 37)),
+        exact_logits(lg, sizes[0], (50, 37)),
+    )
+
+
+def test_reads_natively() -> None:
+    for dt in ("u1", "i1", "?", "<i2", ">i2", "<u2", ">u4", "<i8", ">u8", "<f2", ">f4", ">f8"):
+        assert ops.reads_natively(np.zeros(1, dt)), dt
+    for dt in ("c8", "c16", "U3", "O", "M8[s]", "V4", "f16" if hasattr(np, "float128") else "O"):
+        assert not ops.reads_natively(np.zeros(1, dt)), dt
+    for t in (torch.int8, torch.bool, torch.int64, torch.float16, torch.bfloat16, torch.float64):
+        assert ops.reads_natively(torch.zeros(1, dtype=t)), t
+    assert not ops.reads_natively(torch.zeros(1, dtype=torch.complex64))
+    assert not ops.reads_natively([1, 2, 3])
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        ops.preprocess(np.zeros((8, 9, 2), np.complex64), np.zeros((2, 3, 256, 256), np.float32),
+                       z0=0, n=2)  # fmt: skip
+
+
+class _DeviceArray:
+    """A CUDA array description (__cuda_array_interface__ v3) of device memory that is never
+    touched: the op must refuse it before any CUDA call where CUDA cannot run."""
+
+    def __init__(self, shape, typestr) -> None:
+        self.__cuda_array_interface__ = {
+            "shape": shape, "typestr": typestr, "data": (1 << 40, False), "strides": None,
+            "version": 3, "stream": 1,
+        }  # fmt: skip
+
+
+def test_cuda_status_in_words() -> None:
+    from sam_unet._native import build_info
+
+    info = build_info()
+    status = info["cuda_status"]
+    assert isinstance(status, str) and status
+    if info["device_count"] > 0:
+        assert status == "ok"
+        return
+    assert status != "ok"
+    if info["with_cuda"] and info["cuda_driver_version"] == 0:
+        assert status.startswith("no NVIDIA driver was found")
+    vol, out = _DeviceArray((8, 9, 2), "<i2"), _DeviceArray((2, 3, 256, 256), "<f4")
+    with pytest.raises(RuntimeError, match="CUDA ops cannot run: " + re.escape(status)):
+        ops.preprocess(vol, out, z0=0, n=2)

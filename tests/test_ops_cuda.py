@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 
 from conftest import (
+    EXTRA_DTYPES,
+    MODES,
     POST_CASES,
     PRE_CASES,
     Case,
     assert_masks_match,
     assert_preprocess_close,
     exact_logits,
+    extra_volume,
     make_view,
     random_logits,
     random_volume,
@@ -32,9 +35,10 @@ torch = pytest.importorskip("torch")
 
 
 class CudaView:
-    """A device array with the layout of a NumPy view, over a device copy of its base's bytes."""
+    """A device array with the layout of a NumPy view, over a device copy of its base's bytes
+    (``stream``: the producer stream named in the interface, v3)."""
 
-    def __init__(self, np_base: np.ndarray, np_view: np.ndarray, dev_bytes) -> None:
+    def __init__(self, np_base: np.ndarray, np_view: np.ndarray, dev_bytes, stream=None) -> None:
         off = np_view.__array_interface__["data"][0] - np_base.__array_interface__["data"][0]
         self.dev = dev_bytes
         self.__cuda_array_interface__ = {
@@ -43,6 +47,7 @@ class CudaView:
             "data": (dev_bytes.data_ptr() + off, False),
             "strides": tuple(np_view.strides),
             "version": 3,
+            "stream": stream,
         }
 
 
@@ -183,3 +188,106 @@ def test_mixed_devices_are_rejected() -> None:
     np.testing.assert_allclose(
         scaled.cpu().numpy(), transforms.scale_boxes(boxes.cpu().numpy(), (8, 9), (228, 256))
     )
+
+
+def test_cuda_status_ok() -> None:
+    from sam_unet._native import build_info
+
+    assert build_info()["cuda_status"] == "ok"
+
+
+EXTRA_CASES = [
+    Case((33, 17), 4, i % 3, ("c", "f", "strided", "negative", "transposed")[i % 5], dt, mode,
+         win, (np.float32, np.float16)[i % 2], z0=i % 2)
+    for i, (dt, (mode, win)) in enumerate((dt, m) for dt in EXTRA_DTYPES for m in MODES)
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", EXTRA_CASES, ids=lambda c: c.id)
+def test_preprocess_cuda_extra_dtypes(case: Case) -> None:
+    np_base, vol = extra_volume(case, seed=zlib.crc32(case.id.encode()))
+    n = case.count
+    dt = np.dtype(case.dtype)
+    ref_dtype = EXTRA_DTYPES[dt.str if dt.byteorder == ">" else dt.name]
+    ref, _ = transforms.preprocess_slices(
+        vol.astype(ref_dtype), case.z0, n, axis=case.axis, mode=case.mode, window=case.window,
+        dtype=case.out_dtype,
+    )  # fmt: skip
+    tdtype = torch.float16 if np.dtype(case.out_dtype) == np.float16 else torch.float32
+    out = torch.full((n, 3, 256, 256), float("nan"), dtype=tdtype, device="cuda")
+    ops.preprocess(
+        to_device(np_base, vol), out, z0=case.z0, n=n, axis=case.axis, mode=case.mode,
+        window=case.window,
+    )  # fmt: skip
+    torch.cuda.synchronize()
+    assert_preprocess_close(out.cpu().numpy(), ref, case.out_dtype)
+
+
+def test_bfloat16_cuda() -> None:
+    vol = torch.randn(50, 37, 5).mul(300).to(torch.bfloat16)
+    ref, sizes = transforms.preprocess_slices(vol.float().numpy(), 1, 4)
+    out = torch.full((4, 3, 256, 256), float("nan"), dtype=torch.bfloat16, device="cuda")
+    ops.preprocess(vol.cuda(), out, z0=1, n=4)
+    got = out.float().cpu().numpy()
+    ok = np.abs(got - ref) <= 1.0 / 57.12 + 1e-5 + 2.0**-8 * np.abs(ref)
+    assert ok.all(), f"{int((~ok).sum())} bfloat16 values off"
+    logits = torch.from_numpy(random_logits(3, np.float32, seed=2)).to(torch.bfloat16)
+    mask = torch.full((50, 37, 3), 7, dtype=torch.uint8, device="cuda")
+    ops.postprocess(logits.cuda(), mask, z0=0, n=3, resized_hw=tuple(sizes[0]))
+    lg = logits.float().numpy()
+    assert_masks_match(
+        mask.cpu().numpy().transpose(2, 0, 1),
+        transforms.postprocess_batch(lg, sizes[0], (50, 37)),
+        exact_logits(lg, sizes[0], (50, 37)),
+    )
+
+
+def test_waits_for_the_producer_stream() -> None:
+    """The volume is written on a slow producer stream that the interface names (v3): the op,
+    launched on another stream, must read it only after that write."""
+    case = Case((300, 200), 8, 2, "c", np.int16)
+    np_base, vol = random_volume(case, seed=11)
+    ref, _ = transforms.preprocess_slices(vol, 0, 8)
+    producer, consumer = torch.cuda.Stream(), torch.cuda.Stream()
+    host = torch.from_numpy(np_base.reshape(-1).view(np.uint8)).pin_memory()
+    dev = torch.zeros(host.numel(), dtype=torch.uint8, device="cuda")
+    torch.cuda.synchronize()
+    with torch.cuda.stream(producer):
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of device time before the write lands
+        dev.copy_(host, non_blocking=True)
+    view = CudaView(np_base, vol, dev, stream=producer.cuda_stream)
+    out = torch.full((8, 3, 256, 256), float("nan"), device="cuda")
+    ops.preprocess(view, out, z0=0, n=8, stream=consumer.cuda_stream)
+    consumer.synchronize()
+    assert_preprocess_close(out.cpu().numpy(), ref, np.float32)
+
+
+def test_scratch_memory_comes_from_torch() -> None:
+    """slice-minmax on int16 needs a 64 KiB lookup table per slice: torch's allocator (and so its
+    statistics) must see that scratch memory."""
+    vol = torch.randint(-1000, 3000, (64, 64, 64), dtype=torch.int16, device="cuda")
+    out = torch.empty((64, 3, 256, 256), dtype=torch.float16, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    ops.preprocess(vol, out, z0=0, n=64)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - before >= 64 * 65536
+
+
+def test_mixed_sizes_past_one_launch() -> None:
+    """Per-slice sizes travel by value in launches of 1024 slices: 1100 slices of mixed sizes."""
+    n = 1100
+    logits = np.random.default_rng(4).normal(0, 3, (n, 1, 64, 64)).astype(np.float32)
+    combos = np.array([[256, 200], [7, 256], [256, 1], [131, 256], [256, 256]], np.int32)
+    sizes = combos[np.arange(n) % len(combos)]
+    got = torch.full((9, 7, n), 7, dtype=torch.uint8, device="cuda")
+    ops.postprocess(torch.from_numpy(logits).cuda(), got, z0=0, n=n, resized_hw=sizes)
+    masks = got.cpu().numpy().transpose(2, 0, 1)
+    for k, hw in enumerate(combos):
+        idx = np.arange(k, n, len(combos))
+        assert_masks_match(
+            masks[idx],
+            transforms.postprocess_batch(logits[idx], hw, (9, 7)),
+            exact_logits(logits[idx], hw, (9, 7)),
+        )

@@ -23,10 +23,12 @@ PYBIND11_MODULE(_C, m) {
         d["cuda_driver_version"] = info.cuda_driver_version;
         d["device_count"] = info.device_count;
         d["with_openmp"] = info.with_openmp;
+        d["cuda_status"] = info.cuda_status;
         return d;
       },
       "Dict: version, with_cuda, cuda_version (CUDART_VERSION, 0 without CUDA), "
-      "cuda_driver_version, device_count (0 when no driver or device), with_openmp.");
+      "cuda_driver_version, device_count (0 when no driver or device), with_openmp, "
+      "cuda_status ('ok', or why the CUDA ops cannot run here, in words).");
   sam_unet::bindings::register_ops(m);
   sam_unet::bindings::register_slices(m);
 }

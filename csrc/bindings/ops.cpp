@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <initializer_list>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -23,6 +24,9 @@ struct Array {
   DType dtype = DType::U8;
   std::vector<int64_t> shape, strides;  // strides in elements
   bool cuda = false;
+  bool swapped = false;      // stored in the other byte order (big-endian)
+  bool has_stream = false;   // __cuda_array_interface__ v3 names the producer's stream
+  uintptr_t stream = 0;
   int device = -1;
   std::shared_ptr<py::buffer_info> keep;  // holds the host buffer while in use
 };
@@ -35,43 +39,70 @@ std::string shape_str(const std::vector<int64_t>& v) {
   return os.str();
 }
 
-DType dtype_from(char kind, int64_t size, const std::string& what, const char* name) {
+// tag: "" (the array's own dtype) or "bfloat16" (2-byte items holding bfloat16, which torch
+// exports as "<V2" and NumPy has no code for).
+DType dtype_from(char kind, int64_t size, const std::string& what, const char* name,
+                 const std::string& tag) {
+  if (tag == "bfloat16") {
+    SAMUNET_CHECK(size == 2, name, ": tagged bfloat16 but has ", size, "-byte items");
+    return DType::BF16;
+  }
+  SAMUNET_CHECK(tag.empty(), name, ": unknown dtype tag '", tag, "' (only 'bfloat16')");
+  if (kind == 'b' && size == 1) return DType::Bool;
   if (kind == 'u' && size == 1) return DType::U8;
+  if (kind == 'i' && size == 1) return DType::I8;
   if (kind == 'i' && size == 2) return DType::I16;
   if (kind == 'u' && size == 2) return DType::U16;
   if (kind == 'i' && size == 4) return DType::I32;
+  if (kind == 'u' && size == 4) return DType::U32;
+  if (kind == 'i' && size == 8) return DType::I64;
+  if (kind == 'u' && size == 8) return DType::U64;
   if (kind == 'f' && size == 2) return DType::F16;
   if (kind == 'f' && size == 4) return DType::F32;
   if (kind == 'f' && size == 8) return DType::F64;
   SAMUNET_CHECK(false, name, ": unsupported dtype '", what,
-                "' (supported: uint8, int16, uint16, int32, float16, float32, float64)");
+                "' (supported: bool, int8/16/32/64, uint8/16/32/64, float16, bfloat16, float32, "
+                "float64)");
   return DType::U8;
 }
 
-DType dtype_from_format(std::string fmt, int64_t itemsize, const char* name) {
+DType dtype_from_format(std::string fmt, int64_t itemsize, const char* name,
+                        const std::string& tag, bool* swapped) {
   const std::string orig = fmt;
-  while (!fmt.empty() && (fmt[0] == '@' || fmt[0] == '=' || fmt[0] == '<')) fmt.erase(0, 1);
-  SAMUNET_CHECK(fmt.size() == 1, name, ": unsupported buffer format '", orig,
-                "' (big-endian or structured data)");
+  *swapped = false;
+  while (!fmt.empty() && (fmt[0] == '@' || fmt[0] == '=' || fmt[0] == '<' || fmt[0] == '>' ||
+                          fmt[0] == '!')) {
+    if (fmt[0] == '>' || fmt[0] == '!') *swapped = true;
+    fmt.erase(0, 1);
+  }
+  SAMUNET_CHECK(fmt.size() == 1 || !tag.empty(), name, ": unsupported dtype (buffer format '",
+                orig, "'); supported: bool, int8/16/32/64, uint8/16/32/64, float16, bfloat16, "
+                "float32, float64");
   char kind = '?';
-  switch (fmt[0]) {
+  switch (fmt.empty() ? '?' : fmt[0]) {
     case 'B': case 'H': case 'I': case 'L': case 'Q': kind = 'u'; break;
     case 'b': case 'h': case 'i': case 'l': case 'q': kind = 'i'; break;
     case 'e': case 'f': case 'd': kind = 'f'; break;
+    case '?': kind = 'b'; break;
     default: break;
   }
-  return dtype_from(kind, itemsize, orig, name);
+  return dtype_from(kind, itemsize, orig, name, tag);
 }
 
-Array as_array(const py::object& obj, const char* name, bool writable) {
+Array as_array(const py::object& obj, const char* name, bool writable,
+               const std::string& tag = "") {
   Array a;
   if (py::hasattr(obj, "__cuda_array_interface__")) {
     py::dict cai = obj.attr("__cuda_array_interface__");
     const std::string typestr = py::str(cai["typestr"]);
-    SAMUNET_CHECK(typestr.size() >= 3 && typestr[0] != '>', name, ": unsupported typestr '",
-                  typestr, "'");
+    SAMUNET_CHECK(typestr.size() >= 3, name, ": unsupported typestr '", typestr, "'");
     const int64_t itemsize = std::stoll(typestr.substr(2));
-    a.dtype = dtype_from(typestr[1], itemsize, typestr, name);
+    a.swapped = typestr[0] == '>' && itemsize > 1;
+    a.dtype = dtype_from(typestr[1], itemsize, typestr, name, tag);
+    if (cai.contains("stream") && !cai["stream"].is_none()) {
+      a.has_stream = true;
+      a.stream = cai["stream"].cast<uintptr_t>();
+    }
     for (auto d : py::tuple(cai["shape"])) a.shape.push_back(d.cast<int64_t>());
     py::tuple data = cai["data"];
     a.ptr = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
@@ -105,7 +136,7 @@ Array as_array(const py::object& obj, const char* name, bool writable) {
   }
   a.keep = info;
   a.ptr = info->ptr;
-  a.dtype = dtype_from_format(info->format, info->itemsize, name);
+  a.dtype = dtype_from_format(info->format, info->itemsize, name, tag, &a.swapped);
   for (auto d : info->shape) a.shape.push_back(d);
   for (auto s : info->strides) {
     SAMUNET_CHECK(s % info->itemsize == 0, name, ": strides must be multiples of the item size");
@@ -145,8 +176,8 @@ int placement(const Array& a, const char* an, const Array& b, const char* bn) {
   if (!cuda_compiled())
     SAMUNET_FAIL(an, " is a CUDA array but sam_unet._C was built without CUDA: reinstall with "
                  "nvcc on PATH (SAMUNET_CUDA=ON pip install .)");
-  if (cuda_device_count() == 0)
-    SAMUNET_FAIL(an, " is a CUDA array but no CUDA device is visible to sam_unet._C");
+  const std::string why = cuda_unavailable_reason();
+  if (!why.empty()) SAMUNET_FAIL(an, " is a CUDA array but the CUDA ops cannot run: ", why);
   const int da = cuda_pointer_device(a.ptr), db = cuda_pointer_device(b.ptr);
   SAMUNET_CHECK(da >= 0, an, " does not point to CUDA device memory");
   SAMUNET_CHECK(db >= 0, bn, " does not point to CUDA device memory");
@@ -179,13 +210,38 @@ NormMode parse_mode(const std::string& mode) {
   return NormMode::SliceMinMax;
 }
 
+// Order the launch stream after the producers' streams of CUDA arrays that name one.
+void wait_for_producers(cudaStream_t stream, std::initializer_list<const Array*> arrays) {
+  for (const Array* a : arrays)
+    if (a->cuda && a->has_stream) cuda_stream_wait(stream, a->stream);
+}
+
+// Scratch memory for a CUDA preprocess from the caller's allocator: workspace(nbytes) returns a
+// CUDA array of at least nbytes bytes, kept alive in *keep until the launches are queued.
+void attach_workspace(PreprocessParams& p, const py::object& workspace, py::object* keep) {
+  const size_t bytes = preprocess_cuda_workspace_bytes(p);
+  if (bytes == 0 || workspace.is_none()) return;
+  *keep = workspace(bytes);
+  py::dict cai = keep->attr("__cuda_array_interface__");
+  const std::string typestr = py::str(cai["typestr"]);
+  int64_t size = std::stoll(typestr.substr(2));
+  for (auto d : py::tuple(cai["shape"])) size *= d.cast<int64_t>();
+  SAMUNET_CHECK((size_t)size >= bytes, "workspace(", bytes, ") returned ", size, " bytes");
+  py::tuple data = cai["data"];
+  p.workspace = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
+  p.workspace_bytes = (size_t)size;
+}
+
 py::array_t<int32_t> preprocess(const py::object& volume, const py::object& out, int64_t z0,
                                 int64_t n, int axis, const std::string& mode,
-                                const py::object& window, uintptr_t stream) {
-  const Array vol = as_array(volume, "volume", false);
-  const Array dst = as_array(out, "out", true);
+                                const py::object& window, uintptr_t stream,
+                                const std::string& volume_dtype, const std::string& out_dtype,
+                                const py::object& workspace) {
+  const Array vol = as_array(volume, "volume", false, volume_dtype);
+  const Array dst = as_array(out, "out", true, out_dtype);
   PreprocessParams p;
   p.volume = volume_of(vol, "volume");
+  p.byteswap = vol.swapped;
   p.run = make_slice_run(p.volume, axis, z0, n);
   p.mode = parse_mode(mode);
   if (!window.is_none()) {
@@ -199,8 +255,10 @@ py::array_t<int32_t> preprocess(const py::object& volume, const py::object& out,
   SAMUNET_CHECK(dst.shape == want, "out must have shape ", shape_str(want), ", got ",
                 shape_str(dst.shape));
   SAMUNET_CHECK(c_contiguous(dst), "out must be C-contiguous");
-  SAMUNET_CHECK(dst.dtype == DType::F16 || dst.dtype == DType::F32,
-                "out must be float16 or float32, got ", dtype_name(dst.dtype));
+  SAMUNET_CHECK(!dst.swapped && (dst.dtype == DType::F16 || dst.dtype == DType::F32 ||
+                                 dst.dtype == DType::BF16),
+                "out must be float16, bfloat16 or float32 in native byte order, got ",
+                dst.swapped ? "big-endian " : "", dtype_name(dst.dtype));
   p.out = dst.ptr;
   p.out_dtype = dst.dtype;
   check_preprocess(p);
@@ -219,14 +277,19 @@ py::array_t<int32_t> preprocess(const py::object& volume, const py::object& out,
     preprocess_cpu(p);
   } else {
     DeviceGuard guard(device);
-    preprocess_cuda(p, reinterpret_cast<cudaStream_t>(stream));
+    const auto st = reinterpret_cast<cudaStream_t>(stream);
+    py::object keep;
+    attach_workspace(p, workspace, &keep);
+    wait_for_producers(st, {&vol, &dst});
+    preprocess_cuda(p, st);
   }
   return sizes;
 }
 
 void postprocess(const py::object& logits, const py::object& out_volume, int64_t z0, int64_t n,
-                 int axis, const py::object& resized_hw, uintptr_t stream) {
-  const Array lg = as_array(logits, "logits", false);
+                 int axis, const py::object& resized_hw, uintptr_t stream,
+                 const std::string& logits_dtype) {
+  const Array lg = as_array(logits, "logits", false, logits_dtype);
   const Array dst = as_array(out_volume, "out_volume", true);
   PostprocessParams p;
   p.out = volume_of(dst, "out_volume");
@@ -235,6 +298,7 @@ void postprocess(const py::object& logits, const py::object& out_volume, int64_t
   SAMUNET_CHECK(lg.shape == want, "logits must have shape ", shape_str(want), ", got ",
                 shape_str(lg.shape));
   SAMUNET_CHECK(c_contiguous(lg), "logits must be C-contiguous");
+  SAMUNET_CHECK(!lg.swapped, "logits must be in native byte order");
   p.logits = lg.ptr;
   p.logit_dtype = lg.dtype;
   auto hw = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(resized_hw);
@@ -259,7 +323,9 @@ void postprocess(const py::object& logits, const py::object& out_volume, int64_t
     postprocess_cpu(p);
   } else {
     DeviceGuard guard(device);
-    postprocess_cuda(p, reinterpret_cast<cudaStream_t>(stream));
+    const auto st = reinterpret_cast<cudaStream_t>(stream);
+    wait_for_producers(st, {&lg, &dst});
+    postprocess_cuda(p, st);
   }
 }
 
@@ -277,16 +343,20 @@ py::array_t<float> scale_boxes(const py::object& boxes, int64_t H, int64_t W, in
 void register_ops(py::module_& m) {
   m.def("preprocess", &preprocess, py::arg("volume"), py::arg("out"), py::arg("z0"),
         py::arg("n"), py::arg("axis") = -1, py::arg("mode") = "slice-minmax",
-        py::arg("window") = py::none(), py::arg("stream") = 0,
-        "Slices [z0, z0+n) along axis of a (X, Y, Z) volume -> out (n, 3, 256, 256) float16/32 "
-        "(normalised, padded); returns int32 (n, 2) resized (h', w'). Host arrays (buffer "
-        "protocol) run on the CPU, CUDA arrays (__cuda_array_interface__) on their device on "
-        "`stream` (a cudaStream_t as int, 0 = default).");
+        py::arg("window") = py::none(), py::arg("stream") = 0, py::arg("volume_dtype") = "",
+        py::arg("out_dtype") = "", py::arg("workspace") = py::none(),
+        "Slices [z0, z0+n) along axis of a (X, Y, Z) volume -> out (n, 3, 256, 256) "
+        "float16/bfloat16/float32 (normalised, padded); returns int32 (n, 2) resized (h', w'). "
+        "Host arrays (buffer protocol) run on the CPU, CUDA arrays (__cuda_array_interface__) "
+        "on their device on `stream` (a cudaStream_t as int, 0 = default), after the streams "
+        "the arrays name. volume_dtype/out_dtype: '' or 'bfloat16' (2-byte items read as "
+        "bfloat16). workspace: None or a callable nbytes -> CUDA byte array (the caller's "
+        "allocator) for the CUDA scratch memory.");
   m.def("postprocess", &postprocess, py::arg("logits"), py::arg("out_volume"), py::arg("z0"),
         py::arg("n"), py::arg("axis") = -1, py::arg("resized_hw") = py::none(),
-        py::arg("stream") = 0,
-        "(n, 1, 64, 64) float16/32 logits -> uint8 {0,1} masks written into out_volume at "
-        "slices [z0, z0+n) along axis; resized_hw is (h', w') or (n, 2).");
+        py::arg("stream") = 0, py::arg("logits_dtype") = "",
+        "(n, 1, 64, 64) float16/bfloat16/float32 logits -> uint8 {0,1} masks written into "
+        "out_volume at slices [z0, z0+n) along axis; resized_hw is (h', w') or (n, 2).");
   m.def("scale_boxes", &scale_boxes, py::arg("boxes"), py::arg("H"), py::arg("W"),
         py::arg("h2"), py::arg("w2"), "(N, 4) boxes scaled by (w'/W, h'/H), float32.");
   m.def(
@@ -299,6 +369,10 @@ void register_ops(py::module_& m) {
       },
       py::arg("h"), py::arg("w"));
   m.def("cuda_compiled", &cuda_compiled);
+  m.def(
+      "cuda_pointer_device",
+      [](uintptr_t ptr) { return cuda_pointer_device(reinterpret_cast<const void*>(ptr)); },
+      py::arg("ptr"), "CUDA device of a device/managed pointer, -1 otherwise.");
 }
 
 }  // namespace sam_unet::bindings

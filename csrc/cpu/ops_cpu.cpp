@@ -13,6 +13,7 @@
 #endif
 
 #include "sam_unet/check.h"
+#include "sam_unet/elem.h"
 #include "sam_unet/half.h"
 #include "sam_unet/ops.h"
 #include "sam_unet/parallel.h"
@@ -29,16 +30,22 @@ const char* dtype_name(DType t) {
     case DType::F16: return "float16";
     case DType::F32: return "float32";
     case DType::F64: return "float64";
+    case DType::I8: return "int8";
+    case DType::U32: return "uint32";
+    case DType::I64: return "int64";
+    case DType::U64: return "uint64";
+    case DType::BF16: return "bfloat16";
+    case DType::Bool: return "bool";
   }
   return "?";
 }
 
 int dtype_size(DType t) {
   switch (t) {
-    case DType::U8: return 1;
-    case DType::I16: case DType::U16: case DType::F16: return 2;
-    case DType::I32: case DType::F32: return 4;
-    case DType::F64: return 8;
+    case DType::U8: case DType::I8: case DType::Bool: return 1;
+    case DType::I16: case DType::U16: case DType::F16: case DType::BF16: return 2;
+    case DType::I32: case DType::U32: case DType::F32: return 4;
+    case DType::F64: case DType::I64: case DType::U64: return 8;
   }
   return 0;
 }
@@ -71,13 +78,9 @@ SliceRun make_slice_run(const Volume3D& vol, int axis, int64_t z0, int64_t n) {
 }
 
 void check_preprocess(const PreprocessParams& p) {
-  DType t = p.volume.dtype;
-  SAMUNET_CHECK(t == DType::U8 || t == DType::I16 || t == DType::U16 || t == DType::I32 ||
-                    t == DType::F32 || t == DType::F64,
-                "volume: unsupported dtype ", dtype_name(t),
-                "; supported are uint8, int16, uint16, int32, float32, float64");
-  SAMUNET_CHECK(p.out_dtype == DType::F16 || p.out_dtype == DType::F32,
-                "out: dtype must be float16 or float32, got ", dtype_name(p.out_dtype));
+  SAMUNET_CHECK(dtype_size(p.volume.dtype) > 0, "volume: unsupported dtype");
+  SAMUNET_CHECK(p.out_dtype == DType::F16 || p.out_dtype == DType::F32 || p.out_dtype == DType::BF16,
+                "out: dtype must be float16, bfloat16 or float32, got ", dtype_name(p.out_dtype));
   SAMUNET_CHECK(p.mode == NormMode::SliceMinMax || p.mode == NormMode::Window,
                 "mode must be 'slice-minmax' or 'window'");
   SAMUNET_CHECK(p.mode != NormMode::Window || p.has_window, "mode 'window' requires window=(lo, hi)");
@@ -93,8 +96,10 @@ void check_preprocess(const PreprocessParams& p) {
 }
 
 void check_postprocess(const PostprocessParams& p) {
-  SAMUNET_CHECK(p.logit_dtype == DType::F16 || p.logit_dtype == DType::F32,
-                "logits: dtype must be float16 or float32, got ", dtype_name(p.logit_dtype));
+  SAMUNET_CHECK(p.logit_dtype == DType::F16 || p.logit_dtype == DType::F32 ||
+                    p.logit_dtype == DType::BF16,
+                "logits: dtype must be float16, bfloat16 or float32, got ",
+                dtype_name(p.logit_dtype));
   SAMUNET_CHECK(p.out.dtype == DType::U8, "out_volume: dtype must be uint8, got ",
                 dtype_name(p.out.dtype));
   for (int64_t s = 0; s < p.run.n; ++s) {
@@ -117,6 +122,49 @@ void scale_boxes_cpu(const float* in, float* out, int64_t n, int64_t H, int64_t 
 }
 
 namespace {
+
+// How the stored elements of a volume read: S the stored type, V the value compared and
+// converted (64-bit integers as float64, as NumPy's astype(float64); 16-bit floats as float),
+// is_int: V is an integer type (lookup-table conversion). Swap: stored in the other byte order.
+template <typename T, bool Swap>
+struct Reader {
+  using S = T;
+  using V = std::conditional_t<std::is_integral_v<T> && sizeof(T) == 8, double, T>;
+  static constexpr bool is_int = std::is_integral_v<T> && sizeof(T) < 8;
+  static V get(const S* p) {
+    if constexpr (!Swap || sizeof(T) == 1) {
+      return (V)*p;
+    } else {
+      using U = std::conditional_t<sizeof(T) == 2, uint16_t,
+                                   std::conditional_t<sizeof(T) == 4, uint32_t,
+                                                      unsigned long long>>;
+      U bits;
+      std::memcpy(&bits, p, sizeof(U));
+      bits = byteswap(bits);
+      T v;
+      std::memcpy(&v, &bits, sizeof(U));
+      return (V)v;
+    }
+  }
+};
+template <bool Swap>
+struct Reader<Half16, Swap> {
+  using S = uint16_t;
+  using V = float;
+  static constexpr bool is_int = false;
+  static V get(const S* p) { return half_bits_to_float(Swap ? byteswap(*p) : *p); }
+};
+template <bool Swap>
+struct Reader<BFloat16, Swap> {
+  using S = uint16_t;
+  using V = float;
+  static constexpr bool is_int = false;
+  static V get(const S* p) { return bf16_bits_to_float(Swap ? byteswap(*p) : *p); }
+};
+
+inline float to_float(float v) { return v; }
+inline float to_float(Half16 v) { return half_bits_to_float(v.bits); }
+inline float to_float(BFloat16 v) { return bf16_bits_to_float(v.bits); }
 
 struct Taps {
   int ksize = 0;
@@ -156,15 +204,17 @@ void sweep_lines(const SliceRun& r, int64_t G, LineFn&& line) {
       line(idx[0], idx[1], idx[2], inner, dim[inner], st[inner]);
 }
 
-template <typename T>
+template <typename R>
 void to_u8_group(const PreprocessParams& p, int64_t g0, int64_t G, uint8_t* u8,
                  std::vector<double>& offset, std::vector<double>& denom,
                  std::vector<uint8_t>& lut, bool& nonfinite) {
   const SliceRun& r = p.run;
-  const T* base = static_cast<const T*>(p.volume.data) + (r.z0 + g0) * r.s_slice;
+  using S = typename R::S;  // stored element
+  using V = typename R::V;  // its value, as compared and converted
+  const S* base = static_cast<const S*>(p.volume.data) + (r.z0 + g0) * r.s_slice;
   const int64_t HW = r.H * r.W;
   const int64_t dstep[3] = {HW, r.W, 1};
-  constexpr bool is_int = std::is_integral_v<T>;
+  constexpr bool is_int = R::is_int;
   std::vector<double> mn(G, std::numeric_limits<double>::infinity());
   std::vector<double> mx(G, -std::numeric_limits<double>::infinity());
   auto src_at = [&](int64_t s, int64_t h, int64_t w) {
@@ -180,23 +230,23 @@ void to_u8_group(const PreprocessParams& p, int64_t g0, int64_t G, uint8_t* u8,
     bool bad = false;
     if (slice_inner) {
       // the G slices of one (row, column) are adjacent: min/max lanes across slices (SIMD)
-      std::vector<T> lo(G), hi(G);
-      const T* first = src_at(0, 0, 0);
-      for (int64_t s = 0; s < G; ++s) lo[s] = hi[s] = first[s * r.s_slice];
+      std::vector<V> lo(G), hi(G);
+      const S* first = src_at(0, 0, 0);
+      for (int64_t s = 0; s < G; ++s) lo[s] = hi[s] = R::get(first + s * r.s_slice);
       bool nan = false;
       for (int64_t h = 0; h < r.H; ++h)
         for (int64_t w = 0; w < r.W; ++w) {
-          const T* src = src_at(0, h, w);
+          const S* src = src_at(0, h, w);
           if (r.s_slice == 1) {
             for (int64_t s = 0; s < G; ++s) {
-              const T v = src[s];
+              const V v = R::get(src + s);
               if constexpr (!is_int) nan |= !(v == v);
               lo[s] = v < lo[s] ? v : lo[s];
               hi[s] = v > hi[s] ? v : hi[s];
             }
           } else {
             for (int64_t s = 0; s < G; ++s) {
-              const T v = src[s * r.s_slice];
+              const V v = R::get(src + s * r.s_slice);
               if constexpr (!is_int) nan |= !(v == v);
               lo[s] = v < lo[s] ? v : lo[s];
               hi[s] = v > hi[s] ? v : hi[s];
@@ -211,20 +261,20 @@ void to_u8_group(const PreprocessParams& p, int64_t g0, int64_t G, uint8_t* u8,
     } else {
       sweep_lines(r, G, [&](int64_t s, int64_t h, int64_t w, int inner, int64_t len,
                             int64_t st) {
-        const T* src = src_at(s, h, w);
+        const S* src = src_at(s, h, w);
         if (inner == 0) {  // a degenerate layout: one element per slice
           for (int64_t k = 0; k < len; ++k) {
-            const double x = (double)src[k * st];
+            const double x = (double)R::get(src + k * st);
             if constexpr (!is_int) bad |= !std::isfinite(x);
             mn[s + k] = std::min(mn[s + k], x);
             mx[s + k] = std::max(mx[s + k], x);
           }
           return;
         }
-        T lo = src[0], hi = src[0];
+        V lo = R::get(src), hi = lo;
         bool nan = false;
         for (int64_t k = 0; k < len; ++k) {
-          const T v = src[k * st];
+          const V v = R::get(src + k * st);
           if constexpr (!is_int) nan |= !(v == v);
           lo = v < lo ? v : lo;
           hi = v > hi ? v : hi;
@@ -275,15 +325,15 @@ void to_u8_group(const PreprocessParams& p, int64_t g0, int64_t G, uint8_t* u8,
       table[s] = L - vmin;
     }
   }
-  auto convert_run = [&](int64_t s, const T* src, int64_t st, uint8_t* dst, int64_t ds,
+  auto convert_run = [&](int64_t s, const S* src, int64_t st, uint8_t* dst, int64_t ds,
                          int64_t len) {
     if (is_int && table[s]) {
       const uint8_t* L = table[s];
-      for (int64_t k = 0; k < len; ++k) dst[k * ds] = L[(int64_t)src[k * st]];
+      for (int64_t k = 0; k < len; ++k) dst[k * ds] = L[(int64_t)R::get(src + k * st)];
     } else {
       const double off = offset[s], den = denom[s];
       for (int64_t k = 0; k < len; ++k)
-        dst[k * ds] = intensity_u8((double)src[k * st], p.has_window, p.lo, p.hi, off, den);
+        dst[k * ds] = intensity_u8((double)R::get(src + k * st), p.has_window, p.lo, p.hi, off, den);
     }
   };
   if (slice_inner) {
@@ -375,7 +425,7 @@ void resize_normalize_write(const uint8_t* u8, int64_t H, int64_t W, int h2, int
   }
 }
 
-template <typename T, typename OutT>
+template <typename R, typename OutT>
 void preprocess_typed(const PreprocessParams& p) {
   const SliceRun& r = p.run;
   if (r.n == 0) return;
@@ -387,9 +437,10 @@ void preprocess_typed(const PreprocessParams& p) {
     for (int v = 0; v < 256; ++v) {
       float f = ((float)v - pixel_mean(c)) / pixel_std(c);
       if constexpr (std::is_same_v<OutT, float>) lut[c][v] = f;
+      else if (p.out_dtype == DType::BF16) lut[c][v] = float_to_bf16_bits(f);
       else lut[c][v] = float_to_half_bits(f);
     }
-  const int64_t G = group_size(r, (int)sizeof(T));
+  const int64_t G = group_size(r, (int)sizeof(typename R::S));
   const int64_t groups = (r.n + G - 1) / G;
   std::atomic<bool> nonfinite{false};
   OutT* out = static_cast<OutT*>(p.out);
@@ -402,7 +453,7 @@ void preprocess_typed(const PreprocessParams& p) {
       if (nonfinite.load()) continue;
       const int64_t g0 = g * G, gn = std::min(G, r.n - g0);
       bool bad = false;
-      to_u8_group<T>(p, g0, gn, u8.data(), offset, denom, vlut, bad);
+      to_u8_group<R>(p, g0, gn, u8.data(), offset, denom, vlut, bad);
       if (bad) { nonfinite = true; continue; }
       for (int64_t s = 0; s < gn; ++s)
         resize_normalize_write<OutT>(u8.data() + s * r.H * r.W, r.H, r.W, h2, w2, tx, ty, tmp,
@@ -413,10 +464,28 @@ void preprocess_typed(const PreprocessParams& p) {
                 ", ", r.z0 + r.n, ")");
 }
 
-template <typename T>
+template <typename T, bool Swap>
 void preprocess_in(const PreprocessParams& p) {
-  if (p.out_dtype == DType::F32) preprocess_typed<T, float>(p);
-  else preprocess_typed<T, uint16_t>(p);
+  if (p.out_dtype == DType::F32) preprocess_typed<Reader<T, Swap>, float>(p);
+  else preprocess_typed<Reader<T, Swap>, uint16_t>(p);  // float16 or bfloat16 bits
+}
+
+template <bool Swap>
+void preprocess_dispatch(const PreprocessParams& p) {
+  switch (p.volume.dtype) {
+    case DType::U8: case DType::Bool: preprocess_in<uint8_t, Swap>(p); break;
+    case DType::I8: preprocess_in<int8_t, Swap>(p); break;
+    case DType::I16: preprocess_in<int16_t, Swap>(p); break;
+    case DType::U16: preprocess_in<uint16_t, Swap>(p); break;
+    case DType::I32: preprocess_in<int32_t, Swap>(p); break;
+    case DType::U32: preprocess_in<uint32_t, Swap>(p); break;
+    case DType::I64: preprocess_in<int64_t, Swap>(p); break;
+    case DType::U64: preprocess_in<uint64_t, Swap>(p); break;
+    case DType::F16: preprocess_in<Half16, Swap>(p); break;
+    case DType::BF16: preprocess_in<BFloat16, Swap>(p); break;
+    case DType::F32: preprocess_in<float, Swap>(p); break;
+    case DType::F64: preprocess_in<double, Swap>(p); break;
+  }
 }
 
 struct Composed {
@@ -536,8 +605,7 @@ void postprocess_slices_inner(const PostprocessParams& p, const SliceRun& r, boo
         const int64_t i = transpose ? (int64_t)a * kLogitSize + b : b * kLogitSize + a;
         float* d = &Ls[((size_t)b * kLogitSize + a) * n];
         for (int64_t s = 0; s < n; ++s) {
-          if constexpr (std::is_same_v<LT, float>) d[s] = logits[s * map + i];
-          else d[s] = half_bits_to_float(logits[s * map + i]);
+          d[s] = to_float(logits[s * map + i]);
         }
       }
     }
@@ -633,8 +701,7 @@ void postprocess_typed(const PostprocessParams& p) {
       for (int a = 0; a < kLogitSize; ++a)
         for (int b = 0; b < kLogitSize; ++b) {
           const int64_t i = transpose ? (int64_t)a * kLogitSize + b : b * kLogitSize + a;
-          if constexpr (std::is_same_v<LT, float>) Lt[a * kLogitSize + b] = src[i];
-          else Lt[a * kLogitSize + b] = half_bits_to_float(src[i]);
+          Lt[a * kLogitSize + b] = to_float(src[i]);
         }
       for (int64_t w = 0; w < r.W; ++w) {
         const int* i4 = &cx.idx[4 * w];
@@ -713,21 +780,15 @@ void postprocess_typed(const PostprocessParams& p) {
 
 void preprocess_cpu(const PreprocessParams& p) {
   check_preprocess(p);
-  switch (p.volume.dtype) {
-    case DType::U8: preprocess_in<uint8_t>(p); break;
-    case DType::I16: preprocess_in<int16_t>(p); break;
-    case DType::U16: preprocess_in<uint16_t>(p); break;
-    case DType::I32: preprocess_in<int32_t>(p); break;
-    case DType::F32: preprocess_in<float>(p); break;
-    case DType::F64: preprocess_in<double>(p); break;
-    default: SAMUNET_CHECK(false, "volume: unsupported dtype");
-  }
+  if (p.byteswap && dtype_size(p.volume.dtype) > 1) preprocess_dispatch<true>(p);
+  else preprocess_dispatch<false>(p);
 }
 
 void postprocess_cpu(const PostprocessParams& p) {
   check_postprocess(p);
   if (p.logit_dtype == DType::F32) postprocess_typed<float>(p);
-  else postprocess_typed<uint16_t>(p);
+  else if (p.logit_dtype == DType::BF16) postprocess_typed<BFloat16>(p);
+  else postprocess_typed<Half16>(p);
 }
 
 #ifndef SAMUNET_WITH_CUDA
@@ -736,6 +797,12 @@ int cuda_device_count() { return 0; }
 int cuda_pointer_device(const void*) { return -1; }
 int cuda_current_device() { return -1; }
 void cuda_set_device(int) {}
+std::string cuda_unavailable_reason() {
+  return "sam_unet._C was built without CUDA: reinstall with nvcc on PATH "
+         "(SAMUNET_CUDA=ON pip install .)";
+}
+size_t preprocess_cuda_workspace_bytes(const PreprocessParams&) { return 0; }
+void cuda_stream_wait(cudaStream_t, uintptr_t) {}
 void preprocess_cuda(const PreprocessParams&, cudaStream_t) {
   SAMUNET_FAIL("sam_unet._C was built without CUDA: reinstall with nvcc on PATH");
 }

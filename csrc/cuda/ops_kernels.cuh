@@ -1,11 +1,13 @@
 // CUDA kernels of the volume ops (no framework types). Launchers: ops_cuda.cu.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "sam_unet/elem.h"
 #include "sam_unet/resample.h"
 
 namespace sam_unet::cuda {
@@ -31,16 +33,93 @@ __global__ void taps_kernel(int64_t in_size, int64_t out_size, int ksize, int* f
   if (i < out_size) resample_taps(in_size, out_size, i, ksize, &first[i], &count[i], &k[(int64_t)i * ksize]);
 }
 
+// How a stored element reads: Bits, the unsigned type loaded (byte-swapped for volumes stored
+// in the other byte order), value(bits) as float64 (64-bit integers as NumPy's astype(float64)),
+// and for the lookup-table types integer(bits).
 template <typename T>
-__device__ __forceinline__ double load_as_double(const T* p) {
-  return (double)__ldg(p);
+struct Elem;
+template <>
+struct Elem<uint8_t> {  // also bool
+  using Bits = unsigned char;
+  __device__ static double value(Bits b) { return (double)b; }
+  __device__ static int integer(Bits b) { return (int)b; }
+};
+template <>
+struct Elem<int8_t> {
+  using Bits = unsigned char;
+  __device__ static double value(Bits b) { return (double)(signed char)b; }
+  __device__ static int integer(Bits b) { return (int)(signed char)b; }
+};
+template <>
+struct Elem<int16_t> {
+  using Bits = unsigned short;
+  __device__ static double value(Bits b) { return (double)(short)b; }
+  __device__ static int integer(Bits b) { return (int)(short)b; }
+};
+template <>
+struct Elem<uint16_t> {
+  using Bits = unsigned short;
+  __device__ static double value(Bits b) { return (double)b; }
+  __device__ static int integer(Bits b) { return (int)b; }
+};
+template <>
+struct Elem<int32_t> {
+  using Bits = unsigned int;
+  __device__ static double value(Bits b) { return (double)(int)b; }
+};
+template <>
+struct Elem<uint32_t> {
+  using Bits = unsigned int;
+  __device__ static double value(Bits b) { return (double)b; }
+};
+template <>
+struct Elem<int64_t> {
+  using Bits = unsigned long long;
+  __device__ static double value(Bits b) { return (double)(long long)b; }
+};
+template <>
+struct Elem<uint64_t> {
+  using Bits = unsigned long long;
+  __device__ static double value(Bits b) { return (double)b; }
+};
+template <>
+struct Elem<float> {
+  using Bits = unsigned int;
+  __device__ static double value(Bits b) { return (double)__uint_as_float(b); }
+};
+template <>
+struct Elem<double> {
+  using Bits = unsigned long long;
+  __device__ static double value(Bits b) { return __longlong_as_double((long long)b); }
+};
+template <>
+struct Elem<Half16> {
+  using Bits = unsigned short;
+  __device__ static double value(Bits b) { return (double)__half2float(__ushort_as_half(b)); }
+};
+template <>
+struct Elem<BFloat16> {
+  using Bits = unsigned short;
+  __device__ static double value(Bits b) { return (double)__uint_as_float((unsigned int)b << 16); }
+};
+
+template <typename T>
+__device__ __forceinline__ typename Elem<T>::Bits load_bits(const T* p, bool swap) {
+  using B = typename Elem<T>::Bits;
+  const B b = __ldg(reinterpret_cast<const B*>(p));
+  return swap ? (B)byteswap(b) : b;
+}
+
+template <typename T>
+__device__ __forceinline__ double load_value(const T* p, bool swap) {
+  return Elem<T>::value(load_bits(p, swap));
 }
 
 // Per-slice (offset, denom) for slice-minmax: one block per slice, threads.x along the slice
 // axis with the smaller stride (coalesced when it is contiguous), warp-shuffle reduction.
 template <typename T>
-__global__ void minmax_kernel(const T* __restrict__ base, RunGeom g, bool h_fast, bool has_window,
-                              double lo, double hi, double2* __restrict__ stats,
+__global__ void minmax_kernel(const T* __restrict__ base, RunGeom g, bool swap, bool h_fast,
+                              bool has_window, double lo, double hi, double2* __restrict__ stats,
                               double2* __restrict__ range) {
   const int64_t s = blockIdx.x;
   const T* p = base + s * g.s_slice;
@@ -50,7 +129,7 @@ __global__ void minmax_kernel(const T* __restrict__ base, RunGeom g, bool h_fast
   for (int64_t o = threadIdx.y; o < outer; o += blockDim.y) {
     const T* row = p + o * s_out;
     for (int64_t i = threadIdx.x; i < inner; i += blockDim.x) {
-      const double x = load_as_double(row + i * s_in);
+      const double x = load_value(row + i * s_in, swap);
       mn = fmin(mn, x);
       mx = fmax(mx, x);
     }
@@ -81,8 +160,9 @@ __global__ void minmax_kernel(const T* __restrict__ base, RunGeom g, bool h_fast
   }
 }
 
-// 8- and 16-bit integer volumes convert through a per-slice lookup table (one exact float64
-// conversion per distinct value instead of one per tap): index = value - LutTraits<T>::lowest.
+// 8- and 16-bit integer volumes (bool as uint8) convert through a per-slice lookup table (one
+// exact float64 conversion per distinct value instead of one per tap):
+// index = value - LutTraits<T>::lowest.
 template <typename T>
 struct LutTraits {
   static constexpr bool enabled = false;
@@ -92,6 +172,11 @@ template <>
 struct LutTraits<uint8_t> {
   static constexpr bool enabled = true;
   static constexpr int lowest = 0, size = 256;
+};
+template <>
+struct LutTraits<int8_t> {
+  static constexpr bool enabled = true;
+  static constexpr int lowest = -128, size = 256;
 };
 template <>
 struct LutTraits<int16_t> {
@@ -129,6 +214,10 @@ template <>
 __device__ __forceinline__ float to_out<float>(float v) { return v; }
 template <>
 __device__ __forceinline__ __half to_out<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 to_out<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
 
 // Fused resize + normalise + pad: one thread per output pixel (x fastest, coalesced writes),
 // both Pillow passes computed from the raw input (the horizontal pass rounded to 8 bits per
@@ -136,9 +225,9 @@ __device__ __forceinline__ __half to_out<__half>(float v) { return __float2half_
 // kHFast: the input's rows (H) are its contiguous axis (e.g. nibabel's Fortran order), so
 // threadIdx.x runs along output rows to keep the input reads coalesced.
 template <typename T, typename OutT, bool kHFast>
-__global__ void preprocess_kernel(const T* __restrict__ base, RunGeom g, int h2, int w2,
-                                  TapTable tx, TapTable ty, const double2* __restrict__ stats,
-                                  bool clip, double lo, double hi, const uint8_t* __restrict__ lut,
+__global__ void preprocess_kernel(const T* __restrict__ base, RunGeom g, bool swap, int h2,
+                                  int w2, TapTable tx, TapTable ty,
+                                  const double2* __restrict__ stats, bool clip, double lo, double hi, const uint8_t* __restrict__ lut,
                                   int64_t lut_stride, OutT* __restrict__ out) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   const int j = blockIdx.y * blockDim.y + threadIdx.y;
@@ -176,12 +265,12 @@ __global__ void preprocess_kernel(const T* __restrict__ base, RunGeom g, int h2,
     int32_t acch = 1 << (kPrecisionBits - 1);
     if constexpr (LutTraits<T>::enabled) {
       for (int u = 0; u < xc; ++u) {
-        const int raw = (int)__ldg(row + (int64_t)u * g.s_w);
+        const int raw = Elem<T>::integer(load_bits(row + (int64_t)u * g.s_w, swap));
         acch += (int32_t)__ldg(table + (raw - LutTraits<T>::lowest)) * __ldg(kx + u);
       }
     } else {
       for (int u = 0; u < xc; ++u) {
-        const uint8_t v = intensity_u8(load_as_double(row + (int64_t)u * g.s_w), clip, lo, hi,
+        const uint8_t v = intensity_u8(load_value(row + (int64_t)u * g.s_w, swap), clip, lo, hi,
                                        offset, denom);
         acch += (int32_t)v * __ldg(kx + u);
       }
@@ -199,14 +288,25 @@ template <>
 __device__ __forceinline__ float load_logit<float>(const float* p) { return __ldg(p); }
 template <>
 __device__ __forceinline__ float load_logit<__half>(const __half* p) { return __half2float(*p); }
+template <>
+__device__ __forceinline__ float load_logit<__nv_bfloat16>(const __nv_bfloat16* p) {
+  return __bfloat162float(*p);
+}
+
+// Per-slice (h', w') of one postprocess launch of slices of mixed sizes, passed by value (no
+// device memory, no copy): ((h' - 1) << 8) | (w' - 1).
+constexpr int kSizesPerLaunch = 1024;
+struct SliceSizes {
+  uint16_t hw[kSizesPerLaunch];
+};
 
 // Fused 64 -> 256 bilinear, crop, -> (H, W) bilinear, threshold: one thread per output voxel,
 // the linear index decoded with the output's smallest-stride axis fastest (coalesced writes).
-// sizes == nullptr: every slice has (h2, w2).
+// mixed == false: every slice has (h2, w2); else sizes.hw gives each slice's.
 template <typename LT>
 __global__ void postprocess_kernel(const LT* __restrict__ logits, uint8_t* __restrict__ base,
-                                   RunGeom g, int f0, int f1, int f2,
-                                   const int32_t* __restrict__ sizes, int h2, int w2) {
+                                   RunGeom g, int f0, int f1, int f2, bool mixed,
+                                   const SliceSizes sizes, int h2, int w2) {
   const int64_t dims[3] = {g.n, g.H, g.W};
   const int64_t total = g.n * g.H * g.W;
   for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
@@ -219,9 +319,10 @@ __global__ void postprocess_kernel(const LT* __restrict__ logits, uint8_t* __res
     c[f2] = r / dims[f1];
     const int64_t s = c[0], h = c[1], w = c[2];
     int hh = h2, ww = w2;
-    if (sizes) {
-      hh = sizes[2 * s];
-      ww = sizes[2 * s + 1];
+    if (mixed) {
+      const int e = sizes.hw[s];
+      hh = (e >> 8) + 1;
+      ww = (e & 255) + 1;
     }
     int iy[4], ix[4];
     float wy[4], wx[4];

@@ -8,7 +8,7 @@ strides (negative included); outputs are written in place, nothing else is alloc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,15 +38,28 @@ def _is_cuda(x: object) -> bool:
     return hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "is_cuda", False))
 
 
+def _native_arg(x: ArrayLike, name: str, *, writable: bool = False) -> tuple[ArrayLike, str]:
+    """(what sam_unet._C reads, dtype tag): torch CPU tensors become NumPy views (no copy), CUDA
+    arrays pass through; bfloat16 (which NumPy's buffer protocol and torch's
+    ``__cuda_array_interface__`` cannot name) travels as 2-byte items tagged "bfloat16"."""
+    if _is_torch(x):
+        import torch
+
+        if writable and x.requires_grad:
+            raise ValueError(f"{name} requires grad; pass a tensor without autograd history")
+        t = x.detach()
+        tag = "bfloat16" if t.dtype == torch.bfloat16 else ""
+        if t.is_cuda:
+            return t, tag
+        return (t.view(torch.int16) if tag else t).numpy(), tag
+    if isinstance(x, np.ndarray) and x.dtype.name == "bfloat16":  # ml_dtypes.bfloat16
+        return x.view(np.uint16), "bfloat16"
+    return x, ""
+
+
 def _host_view(x: ArrayLike, name: str, *, writable: bool = False) -> ArrayLike:
     """torch CPU tensors -> NumPy views (no copy); CUDA tensors and NumPy arrays pass through."""
-    if _is_torch(x):
-        if x.is_cuda:
-            return x.detach()
-        if x.requires_grad and writable:
-            raise ValueError(f"{name} requires grad; pass a tensor without autograd history")
-        return x.detach().numpy()
-    return x
+    return _native_arg(x, name, writable=writable)[0]
 
 
 def _default_stream(*arrays: ArrayLike) -> int:
@@ -60,6 +73,44 @@ def _default_stream(*arrays: ArrayLike) -> int:
 
             return int(cupy.cuda.get_current_stream().ptr)
     return 0
+
+
+def _workspace_allocator(array: ArrayLike, stream: int) -> Callable[[int], ArrayLike] | None:
+    """For a CUDA array: nbytes -> a uint8 device buffer from the caller's allocator (CuPy's
+    pool for CuPy arrays, else torch's caching allocator, so torch's memory statistics count it),
+    on the array's device and safe to free once the op's work on ``stream`` is done."""
+    if not _is_cuda(array):
+        return None
+    if type(array).__module__.startswith("cupy"):
+        import cupy
+
+        def cupy_alloc(nbytes: int) -> ArrayLike:
+            s = cupy.cuda.ExternalStream(stream) if stream else cupy.cuda.Stream.null
+            with cupy.cuda.Device(array.device.id), s:  # pooled for the op's own stream
+                return cupy.empty(nbytes, dtype=cupy.uint8)
+
+        return cupy_alloc
+
+    def torch_alloc(nbytes: int) -> ArrayLike:  # called once the op has checked the device
+        import torch
+
+        if _is_torch(array):
+            device = array.device
+        else:
+            ptr = int(array.__cuda_array_interface__["data"][0])
+            device = torch.device("cuda", native().cuda_pointer_device(ptr))
+        buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        if stream != torch.cuda.current_stream(device).cuda_stream:
+            # allocated for the current stream but used on another: keep it until that is done
+            other = (
+                torch.cuda.default_stream(device)
+                if stream == 0
+                else torch.cuda.ExternalStream(stream, device=device)
+            )
+            buf.record_stream(other)
+        return buf
+
+    return torch_alloc
 
 
 def preprocess(
@@ -76,29 +127,43 @@ def preprocess(
     """Preprocess slices ``[z0, z0 + n)`` along ``axis`` of a (X, Y, Z) volume into ``out``.
 
     Args:
-        volume: uint8, int16, uint16, int32, float32 or float64 volume (NumPy, torch, CuPy), any
-            strides; read in place.
-        out: (n, 3, 256, 256) float16/float32 C-contiguous buffer on the volume's device.
+        volume: NumPy, torch or CuPy volume, any strides, read in place: bool, int8/16/32/64,
+            uint8/16/32/64, float16, bfloat16 (torch or ml_dtypes), float32 or float64, either
+            byte order (see :func:`reads_natively`). 64-bit integers are read as float64, as
+            ``astype(np.float64)`` would.
+        out: (n, 3, 256, 256) float16, bfloat16 or float32 C-contiguous buffer on the volume's
+            device.
         z0, n: the run of slices.
         axis: slicing axis (negative allowed); see "Slice geometry" in docs/internal-api.md.
         mode: ``"slice-minmax"`` or ``"window"`` (which needs ``window``).
         window: optional (lo, hi) clip applied first.
         stream: CUDA stream handle (int) for device arrays; default the current stream of the
-            array's library (0 for the legacy default stream).
+            array's library (0 for the legacy default stream). The op waits for the stream an
+            array's ``__cuda_array_interface__`` names (v3) before reading it; its scratch memory
+            comes from the array library's allocator.
 
     Returns:
         int32 (n, 2) array of each slice's resized (h', w').
 
     Raises:
         ValueError: bad shapes, dtypes, ranges, window, or NaN/Inf intensities (CPU only).
-        RuntimeError: a CUDA array without a CUDA build or a visible device.
+        RuntimeError: a CUDA array without a CUDA build or a usable device (the message says
+            why: no driver, a driver older than the runtime, no device).
     """
     win = check_window(mode, window)
-    vol = _host_view(volume, "volume")
-    dst = _host_view(out, "out", writable=True)
+    if hasattr(volume, "dtype") and not reads_natively(volume):
+        raise ValueError(
+            f"volume: unsupported dtype {volume.dtype}; supported are bool, int8/16/32/64, "
+            "uint8/16/32/64, float16, bfloat16, float32 and float64 (convert it, e.g. to float32)"
+        )
+    vol, vol_tag = _native_arg(volume, "volume")
+    dst, out_tag = _native_arg(out, "out", writable=True)
     if stream is None:
         stream = _default_stream(vol, dst)
-    return native().preprocess(vol, dst, int(z0), int(n), int(axis), mode, win, int(stream))
+    return native().preprocess(
+        vol, dst, int(z0), int(n), int(axis), mode, win, int(stream), vol_tag, out_tag,
+        _workspace_allocator(vol, int(stream)),
+    )  # fmt: skip
 
 
 def postprocess(
@@ -114,24 +179,24 @@ def postprocess(
     """Write the uint8 {0, 1} masks of ``logits`` into ``out_volume`` at slices ``[z0, z0+n)``.
 
     Args:
-        logits: (n, 1, 64, 64) float16/float32 logits (C-contiguous; NumPy, torch or CuPy).
+        logits: (n, 1, 64, 64) float16/bfloat16/float32 logits (NumPy, torch or CuPy).
         out_volume: uint8 (X, Y, Z) volume on the logits' device, any strides; written in place.
         z0, n, axis: the run of slices, as in :func:`preprocess`.
         resized_hw: (h', w') of every slice, or an (n, 2) array of per-slice sizes.
         stream: CUDA stream handle for device arrays (default: the library's current stream).
     """
-    lg = _host_view(logits, "logits")
-    dst = _host_view(out_volume, "out_volume", writable=True)
+    if _is_torch(logits) and not logits.is_contiguous():
+        logits = logits.contiguous()
+    lg, lg_tag = _native_arg(logits, "logits")
+    dst, _ = _native_arg(out_volume, "out_volume", writable=True)
     if isinstance(lg, np.ndarray) and not lg.flags.c_contiguous:
         lg = np.ascontiguousarray(lg)
-    elif _is_torch(lg) and not lg.is_contiguous():
-        lg = lg.contiguous()
     hw = np.asarray(
         resized_hw.cpu().numpy() if _is_torch(resized_hw) else resized_hw, dtype=np.int32
     )
     if stream is None:
         stream = _default_stream(lg, dst)
-    native().postprocess(lg, dst, int(z0), int(n), int(axis), hw, int(stream))
+    native().postprocess(lg, dst, int(z0), int(n), int(axis), hw, int(stream), lg_tag)
 
 
 def scale_boxes(
@@ -168,27 +233,31 @@ def scale_boxes(
 # --------------------------------------------------------------------------------------------
 # what preprocess reads in place
 # --------------------------------------------------------------------------------------------
-_NATIVE_DTYPES = frozenset(
-    np.dtype(d) for d in (np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64)
-)
+_NATIVE_KINDS = frozenset(
+    {("b", 1), ("i", 1), ("u", 1), ("i", 2), ("u", 2), ("i", 4), ("u", 4), ("i", 8), ("u", 8),
+     ("f", 2), ("f", 4), ("f", 8)}
+)  # fmt: skip
 
 
 def reads_natively(array: ArrayLike) -> bool:
-    """Whether :func:`preprocess` reads ``array`` in place: its dtype and byte order are ones
-    the native op reads (NumPy, torch or CuPy arrays). Anything else is converted per slab by
-    the caller (e.g. to float32 or float64)."""
+    """Whether :func:`preprocess` reads ``array`` in place: bool, int8/16/32/64,
+    uint8/16/32/64, float16, bfloat16, float32 and float64, in either byte order (NumPy,
+    torch or CuPy arrays). Anything else (complex, structured, object, datetime) is converted
+    per slab by the caller."""
     dtype = getattr(array, "dtype", None)
     if dtype is None:
         return False
     if _is_torch(array):
         import torch
 
-        return dtype in (torch.uint8, torch.int16, torch.int32, torch.float32, torch.float64)
+        names = ("uint8", "int8", "bool", "int16", "uint16", "int32", "uint32", "int64",
+                 "uint64", "float16", "bfloat16", "float32", "float64")  # fmt: skip
+        return any(getattr(torch, name, None) == dtype for name in names)
     try:
         dt = np.dtype(dtype)
     except TypeError:
         return False
-    return dt.isnative and dt in _NATIVE_DTYPES
+    return dt.name == "bfloat16" or (dt.kind, dt.itemsize) in _NATIVE_KINDS
 
 
 # --------------------------------------------------------------------------------------------

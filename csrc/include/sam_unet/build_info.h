@@ -12,6 +12,9 @@ struct BuildInfo {
   int device_count = 0;          // 0 when there is no driver or no device, never an error
   bool with_openmp = false;
   std::string cuda_architectures;
+  // "ok" when the CUDA ops can run, else why not in words (no driver, driver older than the
+  // runtime, no device, built without CUDA)
+  std::string cuda_status = "sam_unet._C was built without CUDA";
 };
 
 BuildInfo build_info();

@@ -1,4 +1,5 @@
-// IEEE half <-> float conversions on the host (round to nearest even), bit patterns in uint16_t.
+// IEEE half and bfloat16 <-> float conversions on the host (round to nearest even), bit patterns
+// in uint16_t.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +52,23 @@ inline float half_bits_to_float(uint16_t h) {
   } else {
     x = sign | ((exp + 112u) << 23) | (mant << 13);
   }
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
+// bfloat16: the top 16 bits of a float32, rounded to nearest even (as torch converts); NaN
+// stays a quiet NaN.
+inline uint16_t float_to_bf16_bits(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return (uint16_t)(x >> 16);
+}
+
+inline float bf16_bits_to_float(uint16_t b) {
+  const uint32_t x = (uint32_t)b << 16;
   float f;
   std::memcpy(&f, &x, 4);
   return f;

@@ -6,7 +6,9 @@
 // (docs/internal-api.md, "Slice geometry").
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <string>
 
 // Same declaration as CUDA's driver_types.h, so this header needs no CUDA include.
 struct CUstream_st;
@@ -17,7 +19,8 @@ namespace sam_unet {
 constexpr int kImageSize = 256;  // model input side
 constexpr int kLogitSize = 64;   // logit map side
 
-enum class DType : int { U8 = 0, I16, U16, I32, F16, F32, F64 };
+// Element types. BF16 is bfloat16; Bool is read as uint8 (0/1).
+enum class DType : int { U8 = 0, I16, U16, I32, F16, F32, F64, I8, U32, I64, U64, BF16, Bool };
 enum class NormMode : int { SliceMinMax = 0, Window = 1 };
 
 const char* dtype_name(DType t);
@@ -48,17 +51,24 @@ SliceRun make_slice_run(const Volume3D& vol, int axis, int64_t z0, int64_t n);
 void resized_shape(int64_t h, int64_t w, int32_t* h2, int32_t* w2);
 
 struct PreprocessParams {
-  Volume3D volume;                      // uint8, int16, uint16, int32, float32, float64
+  Volume3D volume;                      // any DType (int64/uint64 read as float64, as NumPy's
+                                        // astype(float64); bool as uint8)
+  bool byteswap = false;                // volume stored in the other byte order (big-endian)
   SliceRun run;
   NormMode mode = NormMode::SliceMinMax;
   bool has_window = false;              // clip to [lo, hi] first
   double lo = 0.0, hi = 0.0;
-  void* out = nullptr;                  // (n, 3, 256, 256) contiguous, float16 or float32
+  void* out = nullptr;                  // (n, 3, 256, 256) contiguous, float16/bfloat16/float32
   DType out_dtype = DType::F32;
+  // CUDA only: device scratch memory from the caller's allocator (at least
+  // preprocess_cuda_workspace_bytes(p) bytes, alive until the work on the stream is done), or
+  // nullptr: allocated and freed here with cudaMalloc/cudaFree after synchronising the stream.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
 struct PostprocessParams {
-  const void* logits = nullptr;         // (n, 1, 64, 64) contiguous, float16 or float32
+  const void* logits = nullptr;         // (n, 1, 64, 64) contiguous, float16/bfloat16/float32
   DType logit_dtype = DType::F32;
   Volume3D out;                         // uint8 volume, written at slices [z0, z0 + n)
   SliceRun run;
@@ -84,6 +94,15 @@ int cuda_device_count();                   // 0 without CUDA, driver or device
 int cuda_pointer_device(const void* ptr);  // device of a device/managed pointer, -1 otherwise
 int cuda_current_device();
 void cuda_set_device(int device);
+// Why the CUDA ops cannot run here, in words (driver missing or older than the runtime, no
+// device, ...); empty when a device is usable.
+std::string cuda_unavailable_reason();
+// Scratch bytes preprocess_cuda needs for p (tap tables, per-slice statistics, lookup tables).
+size_t preprocess_cuda_workspace_bytes(const PreprocessParams& p);
+// Order `consumer` after the work queued so far on `producer`, the `stream` of a
+// __cuda_array_interface__ v3 (1: legacy default stream, 2: per-thread default stream, else a
+// cudaStream_t): an event recorded on producer, waited on by consumer. No-op for the same stream.
+void cuda_stream_wait(cudaStream_t consumer, uintptr_t producer);
 void preprocess_cuda(const PreprocessParams& p, cudaStream_t stream);
 void postprocess_cuda(const PostprocessParams& p, cudaStream_t stream);
 

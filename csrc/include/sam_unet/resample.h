@@ -7,10 +7,12 @@
 
 #include "sam_unet/ops.h"
 
+#ifndef SAMUNET_HD
 #if defined(__CUDACC__)
 #define SAMUNET_HD __host__ __device__ __forceinline__
 #else
 #define SAMUNET_HD inline
+#endif
 #endif
 
 namespace sam_unet {
