@@ -156,13 +156,16 @@ def test_cli_folder_continue(tmp_path, small_ckpt, mni_crop, capsys):
     assert cli(["segment", "-i", str(src), "-o", str(out), "--checkpoint", str(small_ckpt),
                 "--device", "cpu", "--quiet"]) == 0
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz"]
-    stamp = (out / "v1.nii.gz").stat().st_mtime_ns
-    (out / "v2.nii.gz").unlink()
+    assert written == ["v0_seg.nii.gz", "v1_seg.nii.gz", "v2_seg.nii.gz"]
+    stamp = (out / "v1_seg.nii.gz").stat().st_mtime_ns
+    (out / "v2_seg.nii.gz").unlink()
+    (out / "v0_seg.nii.gz").write_bytes((out / "v0_seg.nii.gz").read_bytes()[:200])  # damaged
     assert cli(["segment", "-i", str(src), "-o", str(out), "--checkpoint", str(small_ckpt),
                 "--device", "cpu", "--quiet", "--continue"]) == 0
-    assert (out / "v2.nii.gz").exists()
-    assert (out / "v1.nii.gz").stat().st_mtime_ns == stamp
+    assert "segmented 2, skipped 1 (already done), failed 0" in capsys.readouterr().out
+    assert (out / "v2_seg.nii.gz").exists()
+    assert nib.load(out / "v0_seg.nii.gz").shape == (40, 50, 4)  # redone, complete
+    assert (out / "v1_seg.nii.gz").stat().st_mtime_ns == stamp
 
 
 def test_cli_box_and_window(tmp_path, small_ckpt, mni_crop):
@@ -201,7 +204,7 @@ def test_torchrun_shards_folder(tmp_path, small_ckpt, mni_crop):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == [f"vol{i}.nii.gz" for i in range(4)]
+    assert sorted(p.name for p in out.iterdir()) == [f"vol{i}_seg.nii.gz" for i in range(4)]
     # each rank reports its share through the gloo group: 2 + 2
     assert "rank 0 segmented 2" in proc.stdout + proc.stderr
     assert "rank 1 segmented 2" in proc.stdout + proc.stderr
@@ -231,3 +234,84 @@ def test_mni_torch_and_onnxruntime_agree(tmp_path):
     dice = 2 * np.logical_and(a, wm_mask).sum() / (a.sum() + wm_mask.sum())
     print(f"white-matter 3D Dice (demo model, all slices): {dice:.4f}")
     assert dice >= 0.90
+
+
+# ------------------------------------------------------------------------------------------
+# prompts given with a file are in that file's voxel frame
+# ------------------------------------------------------------------------------------------
+def _rotation(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    r = np.eye(4)
+    r[:3, :3] = [[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]
+    return r
+
+
+# name: (axis permutation, flipped axes, world rotation)
+FILE_FRAMES = {"LPS": ((0, 1, 2), (0, 1), 0.0), "zxy": ((2, 0, 1), (), 0.0),
+               "zxy-flipped-oblique": ((2, 0, 1), (1,), 0.25),
+               "yxz-flipped": ((1, 0, 2), (0,), 0.0)}
+
+
+def _canonical(path: Path) -> np.ndarray:
+    return np.asarray(nib.as_closest_canonical(nib.load(str(path))).dataobj)
+
+
+def _corners_to(m: np.ndarray, lo, hi) -> tuple[np.ndarray, np.ndarray]:
+    pts = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
+                    for z in (lo[2], hi[2])])
+    out = np.rint((m @ pts.T).T[:, :3])
+    return out.min(axis=0), out.max(axis=0)
+
+
+@pytest.mark.parametrize("frame", list(FILE_FRAMES))
+def test_file_frame_prompts_match_the_ras_file(tmp_path, engine, mni_crop, frame):
+    """A prompt drawn on an LPS or permuted/oblique file gives, voxel for voxel, the mask of the
+    same prompt drawn on the RAS file (compared through nibabel's closest-canonical images).
+
+    The model has random weights on purpose: its masks depend on the box inside each slice
+    (the demo model, trained with full-slice boxes, all but ignores it)."""
+    perm, flips, angle = FILE_FRAMES[frame]
+    data, affine = mni_crop
+    affine = _rotation(angle) @ affine
+    ras = _write(tmp_path / "ras.nii.gz", data, affine)
+    odata, oaff = _reorient(data, affine, perm, flips)
+    other = _write(tmp_path / "other.nii.gz", odata, oaff)
+    to_ras = np.linalg.inv(affine) @ oaff  # other's voxels -> the RAS file's voxels
+    shape = np.array(odata.shape)
+    f_axis = int(np.argmax(np.abs(to_ras[2, :3])))  # the file axis that becomes axial
+    rest = [a for a in range(3) if a != f_axis]
+
+    lo = np.floor(shape * [0.15, 0.25, 0.2])
+    hi = np.floor(shape * [0.8, 0.7, 0.75])
+    rlo, rhi = _corners_to(to_ras, lo, hi)
+    box_file, box_ras = (*lo, *hi), (*rlo, *rhi)
+    slices_file, slices_ras = {}, {}
+    for k in range(int(lo[f_axis]), int(lo[f_axis]) + 3):
+        a = np.zeros(3)
+        b = np.zeros(3)
+        a[f_axis] = b[f_axis] = k
+        a[rest[0]], a[rest[1]] = lo[rest[0]] + k % 2, lo[rest[1]]
+        b[rest[0]], b[rest[1]] = hi[rest[0]], hi[rest[1]] - k % 3
+        slices_file[k] = (a[rest[0]], a[rest[1]], b[rest[0]], b[rest[1]])
+        ra, rb = _corners_to(to_ras, a, b)
+        slices_ras[int(ra[2])] = (ra[0], ra[1], rb[0], rb[1])
+    coarse = np.zeros(odata.shape, np.uint8)
+    coarse[tuple(slice(int(x), int(y) + 1) for x, y in zip(lo, hi, strict=True))] = 1
+    coarse &= (odata > np.percentile(odata, 60)).astype(np.uint8)
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(oaff),
+                                           nib.orientations.io_orientation(affine))
+    coarse_ras = nib.orientations.apply_orientation(coarse, ornt)
+
+    for kind, file_prompt, ras_prompt in [("box", box_file, box_ras),
+                                          ("slices", slices_file, slices_ras),
+                                          ("mask", coarse, coarse_ras)]:
+        o = segment_file(other, tmp_path / f"o_{kind}.nii.gz", engine, boxes=file_prompt)
+        r = segment_file(ras, tmp_path / f"r_{kind}.nii.gz", engine, boxes=ras_prompt)
+        got, want = _canonical(o), _canonical(r)
+        assert 0 < want.sum() < want.size / 2, kind  # a real, prompt-limited mask
+        np.testing.assert_array_equal(got, want, err_msg=f"{frame} {kind}")
+        assert nib.load(str(o)).shape == odata.shape
+    # the file's own axes matter: the same numbers read as RAS voxels give another mask
+    if frame == "LPS":
+        wrong = segment_file(ras, tmp_path / "wrong.nii.gz", engine, boxes=box_file)
+        assert not np.array_equal(_canonical(wrong), _canonical(tmp_path / "r_box.nii.gz"))

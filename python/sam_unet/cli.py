@@ -54,11 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary: one line, no traceback
         if getattr(args, "debug", False):
             raise
-        print(f"sam-unet {args.command}: error: {exc}", file=sys.stderr)
+        print(f"sam-unet {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message (whitespace collapsed), led by its class name
+    unless it is one of the plain user-error types whose message says everything."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, ValueError | FileNotFoundError | RuntimeError | OSError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""``sam-unet segment``: NIfTI file(s) in, uint8 label NIfTI file(s) out.
+"""``sam-unet segment``: volume file(s) in, uint8 label NIfTI file(s) out.
+
+Order of work: plan the outputs and refuse any that resolves to an input, skip complete outputs
+(``--continue``), create the output folder and sweep leftovers of killed runs, then load the
+model and segment file by file. Every user error is one line
+``sam-unet segment: error: <input>: <problem>; <fix>`` (``--debug`` shows the traceback); a
+folder ends with ``segmented N, skipped K (already done), failed F``.
 
 Under torchrun (RANK / WORLD_SIZE set) the file list is sharded by rank, so several GPUs or
 nodes share one input folder; each rank uses the GPU of its LOCAL_RANK when ``--device cuda``.
@@ -7,21 +13,31 @@ nodes share one input folder; each rank uses the GPU of its LOCAL_RANK when ``--
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
+import time
 from pathlib import Path
+
+PROG = "sam-unet segment"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-i", "--input", required=True, help="a .nii/.nii.gz file or a folder")
+    parser.add_argument("-i", "--input", required=True,
+                        help="a .nii/.nii.gz file (NIfTI-1 or -2), or a folder of them")
     parser.add_argument("-o", "--output", required=True,
-                        help="output file (for one input) or folder (created if missing)")
+                        help="for a folder of inputs: an output folder (created if missing; not "
+                             "the input folder) receiving <name>_seg.nii.gz per input; for one "
+                             "input: the output file if it ends in .nii/.nii.gz, else a folder "
+                             "(created if missing) receiving <name>_seg.nii.gz. An output never "
+                             "replaces an input")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="SAM-UNet checkpoint (.pt)")
     src.add_argument("--onnx", help="exported ONNX model")
     src.add_argument("--engine", help="TensorRT engine file")
     parser.add_argument("--backend", default="auto",
-                        choices=["auto", "torch", "onnxruntime", "tensorrt"])
+                        choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                        help="inference backend (default: auto)")
     parser.add_argument("--variant", default=None,
                         help="model variant if the checkpoint lacks it (default: the "
                              "checkpoint's); with --onnx, the variant the file must hold")
@@ -29,19 +45,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use an ONNX file that lacks SAM-UNet model metadata (or carries "
                              "another model's) anyway, with the default settings")
     parser.add_argument("--device", default=None,
-                        help="cpu, cuda or cuda:N (default: cuda when torch sees one)")
-    parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"))
+                        help="cpu, cuda or cuda:N (default: cuda when torch sees one, else cpu)")
+    parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
+                        help="(default: fp16 on CUDA, fp32 on the CPU)")
+    parser.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"), default=None,
+                        help="intensity window (default: the model file's, else none)")
     parser.add_argument("--normalize", default=None, choices=["slice-minmax", "window"],
-                        help="intensity to 8 bits: per-slice min-max (default, the "
-                             "published recipe) or the fixed --window")
-    parser.add_argument("--axis", type=int, default=-1, help="slicing axis after reorientation")
-    parser.add_argument("--box", nargs=6, type=float, metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
-                        help="3D box in voxels of the canonical (RAS) volume")
-    parser.add_argument("--batch-size", type=int, default=None)
+                        help="intensity to 8 bits: per-slice min-max (the published recipe) or "
+                             "the fixed --window (default: the model file's, else "
+                             "slice-minmax)")
+    parser.add_argument("--axis", type=int, default=None, choices=[-3, -2, -1, 0, 1, 2],
+                        help="slicing axis of the volume reoriented to RAS: 0 sagittal, "
+                             "1 coronal, 2 or -1 axial (default: the model file's, else -1)")
+    parser.add_argument("--box", nargs=6, type=float, default=None,
+                        metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
+                        help="3D box prompt in voxel indices of each input FILE's own voxel "
+                             "frame (its array axes 0, 1, 2 as stored, whatever its "
+                             "orientation; corners inclusive), mapped through the "
+                             "reorientation; slices outside it along the slicing axis stay "
+                             "empty (default: none, full-slice prompts)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="slices per model call (default: 32 on CUDA, 8 on the CPU)")
     parser.add_argument("--continue", dest="resume", action="store_true",
-                        help="skip inputs whose output already exists")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+                        help="skip inputs whose output exists and is complete (a readable label "
+                             "map of the input's shape and affine)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar and no engine line")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -50,68 +79,154 @@ def _rank() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
+# Errors whose message is the whole story; any other exception also shows its class.
+_PLAIN = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def _fix_for(exc: BaseException, text: str) -> str:
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return "use a smaller --batch-size or free memory"
+    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return "free space on the output disk (or raise the file size limit), then rerun " \
+               "with --continue"
+    if isinstance(exc, PermissionError):
+        return "check the permissions of the file and folder"
+    return "rerun with --debug for the full traceback"
+
+
+def error_line(subject: object, exc: BaseException, *, what: str = "") -> str:
+    """``sam-unet segment: error: <subject>: [what: ]<problem>; <fix>`` on one line."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.strerror and not text.startswith(str(subject)):
+        text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    prefix = f"{subject}: "
+    if text.startswith(prefix):
+        text = text[len(prefix):]
+    if not isinstance(exc, _PLAIN) or not text:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if "; " not in text:
+        text = f"{text}; {_fix_for(exc, text)}"
+    return f"{PROG}: error: {subject}: {what}{text}"
+
+
+def _say(line: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+def _load_engine(args: argparse.Namespace, device: str | None):
+    from sam_unet.runtime.engine import Engine
+
+    if args.checkpoint:
+        return Engine.from_checkpoint(args.checkpoint, backend=args.backend, device=device,
+                                      precision=args.precision, batch_size=args.batch_size,
+                                      variant=args.variant)
+    if args.onnx:
+        return Engine.from_onnx(args.onnx, backend=args.backend, device=device,
+                                precision=args.precision, batch_size=args.batch_size,
+                                variant=args.variant, force=args.force)
+    return Engine.from_engine_file(args.engine, device=device, batch_size=args.batch_size)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sam_unet.runtime.engine import Engine
-    from sam_unet.runtime.files import list_inputs, output_for, segment_file, shard
+    from sam_unet.atomic import sweep_stale_temps
+    from sam_unet.io.inputs import is_input
+    from sam_unet.runtime.files import run_job, shard
+    from sam_unet.runtime.outputs import output_is_complete, plan_jobs, refuse_overwriting_inputs
 
+    started = time.time()
     rank, world, local_rank = _rank()
     device = args.device
     if device == "cuda" and world > 1:
         device = f"cuda:{local_rank}"
-    inputs = list_inputs(args.input)
-    out = Path(args.output)
-    many = Path(args.input).is_dir() or len(inputs) > 1
-    if many:
-        out.mkdir(parents=True, exist_ok=True)
-    mine = shard(inputs, rank, world)
-    todo = [(f, output_for(f, out, many)) for f in mine]
-    if args.resume:
-        todo = [(f, o) for f, o in todo if not o.exists()]
-    if not todo:
-        if not args.quiet:
-            print(f"[rank {rank}] nothing to do")
-        _report(rank, world, 0, 0)
-        return 0
+    if args.batch_size is not None and args.batch_size < 1:
+        print(f"{PROG}: error: --batch-size {args.batch_size}: must be >= 1; give a positive "
+              "number of slices", file=sys.stderr)
+        return 2
 
-    if args.checkpoint:
-        engine = Engine.from_checkpoint(args.checkpoint, backend=args.backend, device=device,
-                                        precision=args.precision, batch_size=args.batch_size,
-                                        variant=args.variant)
-    elif args.onnx:
-        engine = Engine.from_onnx(args.onnx, backend=args.backend, device=device,
-                                  precision=args.precision, batch_size=args.batch_size,
-                                  variant=args.variant, force=args.force)
-    else:
-        engine = Engine.from_engine_file(args.engine, device=device, batch_size=args.batch_size)
-    if not args.quiet:
-        print(f"[rank {rank}/{world}] {engine.describe()}", file=sys.stderr)
+    # 1. outputs planned and checked against the inputs before anything is read or written
+    in_path = Path(args.input)
+    folder_input = in_path.is_dir() and not is_input(in_path)
+    try:
+        jobs = plan_jobs(in_path, args.output)
+        refuse_overwriting_inputs(jobs, input_folder=in_path if folder_input else None)
+    except Exception as exc:  # noqa: BLE001 - one line at the CLI boundary
+        if args.debug:
+            raise
+        print(error_line(in_path, exc), file=sys.stderr)
+        return 1
+    mine = shard(jobs, rank, world)
 
-    normalize = args.normalize or "slice-minmax"
-    done = 0
-    failures = 0
-    bar = tqdm(todo, disable=args.quiet, unit="vol", desc=f"segment[{rank}]")
-    for in_file, out_file in bar:
+    # 2. --continue: only complete outputs are skipped
+    todo, skipped = [], 0
+    for job in mine:
+        if args.resume and output_is_complete(job):
+            skipped += 1
+            continue
+        if args.resume and job.labels.exists():
+            print(f"{PROG}: note: {job.labels}: incomplete or not made from {job.source}; "
+                  "segmenting it again", file=sys.stderr)
+        todo.append(job)
+
+    # 3. output folders, and leftovers of killed runs swept
+    for folder in sorted({p.parent for job in jobs for p in job.outputs.values()}):
         try:
-            segment_file(in_file, out_file, engine, axis=args.axis, window=args.window,
-                         normalize=normalize, boxes=args.box, batch_size=args.batch_size)
-        except (ValueError, OSError, RuntimeError) as exc:
+            folder.mkdir(parents=True, exist_ok=True)
+            sweep_stale_temps(folder, older_than=started)
+        except OSError as exc:
             if args.debug:
                 raise
-            failures += 1
-            print(f"sam-unet segment: error: {in_file}: {exc}", file=sys.stderr)
-            continue
-        done += 1
-        s = engine.last_stats
-        bar.set_postfix_str(f"{s.slices / max(s.seconds, 1e-9):.0f} slices/s")
-    _report(rank, world, done, failures)
-    return 1 if failures else 0
+            print(error_line(folder, exc, what="cannot use the output folder: "),
+                  file=sys.stderr)
+            return 1
+
+    done = failed = 0
+    if todo:
+        # 4. the model
+        model_path = args.checkpoint or args.onnx or args.engine
+        try:
+            engine = _load_engine(args, device)
+        except Exception as exc:  # noqa: BLE001 - loaders raise library errors of every kind
+            if args.debug:
+                raise
+            print(error_line(model_path, exc, what="cannot load the model: "), file=sys.stderr)
+            return 1
+        if not args.quiet:
+            print(f"[rank {rank}/{world}] {engine.describe()}", file=sys.stderr)
+
+        # 5. file by file: a bad file is named with its reason, the others go on
+        bar = tqdm(todo, disable=args.quiet, unit="vol", desc=f"segment[{rank}]")
+        for job in bar:
+            try:
+                run_job(job, engine, axis=args.axis, window=args.window,
+                        normalize=args.normalize, boxes=args.box, batch_size=args.batch_size)
+            except Exception as exc:  # noqa: BLE001 - one line per failed file
+                if args.debug:
+                    raise
+                failed += 1
+                _say(error_line(job.source, exc))
+                continue
+            done += 1
+            stats = getattr(engine, "last_stats", None)
+            if stats is not None and stats.seconds > 0:
+                bar.set_postfix_str(f"{stats.slices / stats.seconds:.0f} slices/s")
+        bar.close()
+    _report(rank, world, done, skipped, failed)
+    return 1 if failed else 0
 
 
-def _report(rank: int, world: int, done: int, failures: int) -> None:
-    """Under torchrun, gather every rank's counts over a gloo group and print them on rank 0."""
+def summary_line(done: int, skipped: int, failed: int) -> str:
+    return f"segmented {done}, skipped {skipped} (already done), failed {failed}"
+
+
+def _report(rank: int, world: int, done: int, skipped: int, failed: int) -> None:
+    """The summary line; under torchrun, every rank's counts gathered over gloo on rank 0."""
     if world == 1:
+        print(summary_line(done, skipped, failed))
         return
     import torch.distributed as dist
 
@@ -120,10 +235,11 @@ def _report(rank: int, world: int, done: int, failures: int) -> None:
         dist.init_process_group("gloo")
     try:
         counts: list = [None] * world
-        dist.all_gather_object(counts, (rank, done, failures))
+        dist.all_gather_object(counts, (rank, done, skipped, failed))
         if rank == 0:
-            for r, d, f in counts:
+            for r, d, _s, f in counts:
                 print(f"rank {r} segmented {d} file(s), {f} failed", file=sys.stderr)
+            print(summary_line(*(sum(c[i] for c in counts) for i in (1, 2, 3))))
     finally:
         if owned:
             dist.destroy_process_group()

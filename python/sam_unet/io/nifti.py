@@ -113,7 +113,7 @@ def _raw_datatype(path: Path) -> int | None:
         opener = gzip.open if path.name.lower().endswith(".gz") else open
         with opener(path, "rb") as fh:
             head = fh.read(16)
-    except (OSError, EOFError):
+    except Exception:  # noqa: BLE001 - zlib.error, EOFError, OSError: not a readable header
         return None
     if len(head) < 16:
         return None
@@ -124,7 +124,7 @@ def _raw_datatype(path: Path) -> int | None:
                 with opener(path, "rb") as fh:
                     fh.seek(70)
                     return struct.unpack(order + "h", fh.read(2))[0]
-            except (OSError, EOFError, struct.error):
+            except Exception:  # noqa: BLE001
                 return None
         if size == 540:
             return struct.unpack(order + "h", head[12:14])[0]

@@ -1,67 +1,135 @@
-"""NIfTI in, NIfTI out: ``segment_file`` and folder handling for the CLI."""
+"""Files in, label files out: ``segment_file``.
+
+One input goes through four steps, each replaceable on its own: read (``io.read_volume``: any
+supported format -> a :class:`~sam_unet.io.volume.Volume` in canonical RAS order), map the
+prompts from the file's voxel frame to the canonical one, predict (``Engine.segment`` on the
+canonical array), write (the writers in :data:`WRITERS`, one per output kind, apart from the
+reader). Output naming and the rules that keep inputs safe live in ``runtime/outputs.py``.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+import numpy as np
+
+from sam_unet.io.volume import Volume
+from sam_unet.runtime.outputs import (
+    Job,
+    OutputError,
+    label_output,
+    output_is_folder,
+    refuse_overwriting_inputs,
+)
+
+__all__ = ["WRITERS", "predict", "run_job", "segment_file", "shard", "write_outputs"]
 
 
-def is_nifti(path: Path) -> bool:
-    name = path.name.lower()
-    return any(name.endswith(s) for s in NIFTI_SUFFIXES)
+def _write_labels(path: Path, mask: np.ndarray, volume: Volume, engine: Any) -> Path:
+    from sam_unet.io.nifti import save_label_nifti
+
+    return save_label_nifti(path, mask, like=volume)
 
 
-def segment_file(in_path: str | Path, out_path: str | Path, engine: Any, **segment_kwargs: Any
+# output kind -> writer(path, canonical uint8 mask, volume, engine) -> path
+WRITERS: dict[str, Callable[[Path, np.ndarray, Volume, Any], Path]] = {"labels": _write_labels}
+
+
+def slicing_axis(engine: Any, axis: int | None) -> int:
+    """The canonical slicing axis a call will use: ``axis``, else the model file's, else -1."""
+    if axis is not None:
+        return int(axis)
+    info = getattr(engine, "model_info", None)
+    value = getattr(info, "axis", None)
+    return int(value) if value is not None else -1
+
+
+def predict(engine: Any, volume: Volume, *, axis: int | None = None, boxes: Any = None,
+            box_mask: Any = None, **options: Any) -> np.ndarray:
+    """Segment ``volume`` with prompts given in its file's voxel frame.
+
+    Returns the uint8 mask in canonical order (shape ``volume.shape``). ``options`` (window,
+    normalize, batch_size) go to ``Engine.segment``; options left None are not passed, so the
+    engine takes them from the model file.
+    """
+    try:
+        cboxes, cmask = volume.prompts_to_canonical(slicing_axis(engine, axis), boxes, box_mask)
+        kwargs = {k: v for k, v in dict(options, axis=axis, boxes=cboxes, box_mask=cmask).items()
+                  if v is not None}
+        return engine.segment(volume.data, **kwargs)
+    except ValueError as exc:
+        where = volume.path if volume.path is not None else "volume"
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def write_outputs(job: Job, mask: np.ndarray, volume: Volume, engine: Any) -> list[Path]:
+    """Write every output of ``job`` (each atomically); returns their paths."""
+    written = []
+    for kind, path in job.outputs.items():
+        writer = WRITERS.get(kind)
+        if writer is None:
+            raise OutputError(f"{job.source}: no writer for output kind {kind!r}")
+        written.append(writer(path, mask, volume, engine))
+    return written
+
+
+def segment_file(in_path: str | os.PathLike, out_path: str | os.PathLike, engine: Any, *,
+                 axis: int | None = None, window: Any = None, normalize: str | None = None,
+                 boxes: Any = None, box_mask: Any = None, batch_size: int | None = None
                  ) -> Path:
-    """Segment one NIfTI volume and write a uint8 label NIfTI.
+    """Segment one volume file and write a uint8 label NIfTI; returns the output path.
 
     The volume is reoriented to the closest canonical (RAS) orientation for segmentation (so
-    ``axis=-1`` means axial for typical scans), the mask is put back into the file's own
-    orientation, and written with the input's affine, atomically: a failure at any point leaves
-    no output file. ``segment_kwargs`` go to :meth:`Engine.segment` (window, normalize, boxes,
-    batch_size, axis). Returns the output path.
+    ``axis=-1`` means axial for typical scans), the mask is put back into the file's voxel order
+    and stored shape, and written with the input's sform/qform and codes, atomically: a failure
+    at any point leaves no output file.
+
+    Prompts are in the input FILE's voxel frame (its array axes 0, 1, 2 as stored, whatever
+    its orientation), and are mapped through the reorientation:
+
+    - ``boxes=(x0, y0, z0, x1, y1, z1)``: a 3D box in file voxels, corners inclusive;
+    - ``boxes={k: (a0, b0, a1, b1)}`` (or an (S, 4) array, NaN rows skipped): per-slice boxes,
+      ``k`` indexing the file axis that becomes the canonical slicing axis ``axis`` and each box
+      spanning the two other file axes in increasing order;
+    - ``box_mask`` (or ``boxes``) a mask volume of the file's 3D shape.
+
+    ``axis`` is the slicing axis of the canonical volume (0 sagittal, 1 coronal, 2 or -1
+    axial); ``axis``, ``window``, ``normalize`` and ``batch_size`` left None come from the model
+    file (``engine.model_info``), see :meth:`Engine.segment`.
+
+    ``out_path`` ending in .nii/.nii.gz is the output file (its folder must exist); any other
+    path is a folder (created if missing) that receives ``<stem>_seg.nii.gz``. An output that
+    resolves to the input (same path, symlink, hard link) is refused before anything is read.
     """
-    from sam_unet.io import load_nifti, save_label_nifti
-
     in_path, out_path = Path(in_path), Path(out_path)
-    if not is_nifti(out_path):
-        raise ValueError(f"output {out_path} must end in .nii or .nii.gz")
-    out_dir = out_path.parent if str(out_path.parent) else Path(".")
+    job = Job(in_path, {"labels": label_output(in_path, out_path, many=False)})
+    refuse_overwriting_inputs([job])
+    if output_is_folder(out_path, many=False):
+        out_path.mkdir(parents=True, exist_ok=True)
+    out_dir = job.labels.parent
     if not out_dir.is_dir():
-        raise FileNotFoundError(f"output folder {out_dir} does not exist")
+        raise FileNotFoundError(f"{job.labels}: output folder {out_dir} does not exist; create "
+                                "it or give a folder as output")
     if not os.access(out_dir, os.W_OK):
-        raise PermissionError(f"output folder {out_dir} is not writable")
-    vol = load_nifti(in_path)
-    try:
-        mask = engine.segment(vol.data, **segment_kwargs)
-    except ValueError as exc:
-        raise ValueError(f"{in_path}: {exc}") from exc
-    save_label_nifti(out_path, mask, like=vol)  # puts the mask back in the file's voxel order
-    return out_path
+        raise PermissionError(f"{job.labels}: output folder {out_dir} is not writable; choose a "
+                              "writable output folder")
+    run_job(job, engine, axis=axis, boxes=boxes, box_mask=box_mask, window=window,
+            normalize=normalize, batch_size=batch_size)
+    return job.labels
 
 
-def list_inputs(path: str | Path) -> list[Path]:
-    """The NIfTI files to process: the file itself, or a folder's NIfTI files sorted by name."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p))
-        if not files:
-            raise FileNotFoundError(f"no .nii or .nii.gz files in folder {path}")
-        return files
-    if not path.exists():
-        raise FileNotFoundError(f"input not found: {path}")
-    return [path]
+def run_job(job: Job, engine: Any, **options: Any) -> list[Path]:
+    """Read, predict, write one job (``options`` as :func:`predict`); returns written paths.
 
+    The caller has already refused outputs that resolve to inputs."""
+    from sam_unet.io.inputs import read_volume
 
-def output_for(in_file: Path, out: Path, many: bool) -> Path:
-    """Where the mask of ``in_file`` goes: ``out`` itself for one file, else ``out/<name>``."""
-    if not many and is_nifti(out):
-        return out
-    return out / in_file.name
+    volume = read_volume(job.source)
+    mask = predict(engine, volume, **options)
+    return write_outputs(job, np.asarray(mask), volume, engine)
 
 
 def shard(items: Iterable[Any], rank: int, world_size: int) -> list[Any]:
