@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import nibabel as nib
@@ -15,6 +16,7 @@ from sam_unet.data.prepare import read_manifest
 from sam_unet.io import load_nifti
 
 
+@pytest.mark.slow
 def test_prepare_mni152_via_cli(tmp_path):
     t1, wm = mni152.paths()
     out = tmp_path / "mni"
@@ -131,3 +133,86 @@ def test_errors_and_no_partial_output(tmp_path, capsys):
         from sam_unet.data.prepare import parse_test_slices
 
         parse_test_slices("every:x")
+
+
+def _mni_crop(tmp_path, z=slice(88, 92)):
+    """A few axial slices of the bundled T1 and of its white-matter map as stored (uint8
+    probability x 255), written as new files."""
+    t1, wm = mni152.paths()
+    out = []
+    for src, name in ((t1, "t1"), (wm, "wm")):
+        img = nib.load(src)
+        path = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, z], img.affine), path)
+        out.append(path)
+    return out
+
+
+def test_probability_map_label_is_refused(tmp_path, capsys):
+    """#12: a probability map given as the label would make one "label" per gray value."""
+    t1, wm = _mni_crop(tmp_path)
+    n_values = len(np.unique(np.asarray(nib.load(wm).dataobj))) - 1
+    assert n_values > 128
+    out = tmp_path / "out"
+    base = ["prepare", "--image", str(t1), "--test-slices", "every:2", "-o", str(out), "--quiet"]
+    assert cli.main([*base, "--label", str(wm)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"sam-unet prepare: error: {wm}: label volume has {n_values} distinct values "
+                   "(a probability map?): threshold it, e.g. --label-threshold 127.5 (a mask is "
+                   f"value > T), or pass --max-labels {n_values} if they are {n_values} "
+                   "structures")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["t1.nii.gz",
+                                                                             "wm.nii.gz"]
+    # The same map as float probabilities: non-integer values, the hint scaled to 0..1.
+    prob = tmp_path / "wm_prob.nii.gz"
+    img = nib.load(wm)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj, np.float32) / 255, img.affine), prob)
+    assert cli.main([*base, "--label", str(prob)]) == 1
+    err = capsys.readouterr().err
+    assert "non-integer values (a probability map?)" in err
+    assert "--label-threshold 0.5" in err and not out.exists()
+    # Thresholded as the message says: one white-matter mask per slice.
+    assert cli.main([*base, "--label", str(prob), "--label-threshold", "0.5"]) == 0
+    manifest = read_manifest(out)
+    assert manifest["label_threshold"] == 0.5
+    assert all(len(s["masks"]) == 1 for s in manifest["volumes"][0]["slices"])
+
+
+def test_max_labels(tmp_path, capsys):
+    images, labels = _synthetic(tmp_path, n=1)
+    lab = labels / "case0.nii.gz"  # labels 1 and 2
+    args = ["prepare", "--image", str(images / "case0_0000.nii.gz"), "--label", str(lab),
+            "--test-fraction", "0", "--quiet"]
+    assert cli.main([*args, "--max-labels", "1", "-o", str(tmp_path / "a")]) == 1
+    assert "has 2 distinct values" in capsys.readouterr().err
+    # --labels picks values before the count; --max-labels 2 admits both.
+    assert cli.main([*args, "--max-labels", "1", "--labels", "2", "-o", str(tmp_path / "b")]) == 0
+    assert cli.main([*args, "--max-labels", "2", "-o", str(tmp_path / "c")]) == 0
+    assert read_manifest(tmp_path / "b")["volumes"][0]["labels"] == [2]
+    assert read_manifest(tmp_path / "c")["volumes"][0]["labels"] == [1, 2]
+    assert cli.main([*args, "--labels", "1,x", "-o", str(tmp_path / "d")]) == 1
+    assert "--labels '1,x': expected comma-separated integers" in capsys.readouterr().err
+
+
+def test_prepare_options():
+    from sam_unet.commands import prepare as command
+    from sam_unet.data import prepare as P
+
+    o = P.PrepareOptions(labels=[1, 2], test_volumes=["a"], window=[-160, 240])
+    assert o.labels == (1, 2) and o.test_volumes == ("a",) and o.window == (-160, 240)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.axis = 0
+    for kwargs, message in [
+        ({"normalize": "zscore"}, "normalize must be one of"),
+        ({"normalize": "window"}, "needs --window LO HI"),
+        ({"min_foreground_ratio": 1.0}, r"min_foreground_ratio must be in \[0, 1\)"),
+        ({"max_labels": 0}, "--max-labels 0: must be >= 1"),
+        ({"test_slices": "every:1"}, "--test-slices 'every:1'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            P.PrepareOptions(**kwargs)
+    # The command's defaults (kept there so --help stays light) are the library's.
+    assert command.DEFAULT_MIN_FOREGROUND_RATIO == P.DEFAULT_MIN_FOREGROUND_RATIO
+    assert command.DEFAULT_MAX_LABELS == P.DEFAULT_MAX_LABELS
+    args = cli.build_parser().parse_args(["prepare", "-o", "x"])
+    assert command.options_from_args(args) == P.PrepareOptions()

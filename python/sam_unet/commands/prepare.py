@@ -14,7 +14,9 @@ import argparse
 import json
 import sys
 
+# Kept here so that --help does not import numpy (sam_unet.data.prepare holds the same values).
 DEFAULT_MIN_FOREGROUND_RATIO = 100 / 65536
+DEFAULT_MAX_LABELS = 128
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--components", action="store_true",
                         help="one mask per connected component (default: per label value)")
     parser.add_argument("--labels", help="comma-separated label values to keep (default all)")
-    parser.add_argument("--label-threshold", type=float,
-                        help="binarise the label volume as value > T (probability maps)")
+    parser.add_argument("--label-threshold", type=float, metavar="T",
+                        help="binarise the label volume as value > T (probability maps, e.g. "
+                             "0.5 for 0..1 or 127.5 for 0..255)")
+    parser.add_argument("--max-labels", type=int, default=DEFAULT_MAX_LABELS, metavar="N",
+                        help="refuse a label volume with more than N distinct values, as a "
+                             f"probability map (default {DEFAULT_MAX_LABELS})")
     parser.add_argument("--keep-empty", action="store_true",
                         help="keep every slice, writing empty masks too (full-slice prompts)")
     parser.add_argument("--test-fraction", type=float, default=0.2,
@@ -78,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sam_unet.data.prepare import find_pairs, prepare_dataset
 
+    options = options_from_args(args)
     if len(args.image) != len(args.label):
         raise ValueError(f"{len(args.image)} --image but {len(args.label)} --label: give them "
                          "in pairs")
@@ -93,17 +100,7 @@ def run(args: argparse.Namespace) -> int:
         for p in (img, lab):
             if not Path(p).exists():
                 raise FileNotFoundError(f"{p}: no such file")
-    manifest = prepare_dataset(
-        pairs, args.out,
-        modality=args.modality, dataset=args.dataset, axis=args.axis,
-        normalize=args.normalize, window=tuple(args.window) if args.window else None,
-        min_foreground_ratio=args.min_foreground_ratio, components=args.components,
-        labels=[int(v) for v in args.labels.split(",")] if args.labels else None,
-        label_threshold=args.label_threshold, keep_empty=args.keep_empty,
-        test_fraction=args.test_fraction,
-        test_volumes=args.test_volumes.split(",") if args.test_volumes else None,
-        test_slices=args.test_slices, seed=args.seed, overwrite=args.overwrite,
-        quiet=args.quiet)
+    manifest = prepare_dataset(pairs, args.out, options)
     if not args.quiet:
         c = manifest["counts"]
         print(f"wrote {args.out}: {c['train_images']} train images ({c['train_masks']} masks), "
@@ -113,3 +110,28 @@ def run(args: argparse.Namespace) -> int:
             print("note: slice-level split of one volume, NOT a patient-level evaluation",
                   file=sys.stderr)
     return 0
+
+
+def _csv(text: str | None, option: str, kind=str) -> tuple | None:
+    if not text:
+        return None
+    try:
+        return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected comma-separated integers, e.g. 1,2"
+                         ) from None
+
+
+def options_from_args(args: argparse.Namespace):
+    """The :class:`~sam_unet.data.prepare.PrepareOptions` the command line asks for."""
+    from sam_unet.data.prepare import PrepareOptions
+
+    return PrepareOptions(
+        modality=args.modality, dataset=args.dataset, axis=args.axis,
+        normalize=args.normalize, window=tuple(args.window) if args.window else None,
+        min_foreground_ratio=args.min_foreground_ratio, components=args.components,
+        labels=_csv(args.labels, "--labels", int), label_threshold=args.label_threshold,
+        max_labels=args.max_labels, keep_empty=args.keep_empty,
+        test_fraction=args.test_fraction, test_volumes=_csv(args.test_volumes, "--test-volumes"),
+        test_slices=args.test_slices, seed=args.seed, overwrite=args.overwrite,
+        quiet=args.quiet)

@@ -91,7 +91,7 @@ def train_demo_model(
 
     from sam_unet import checkpoints
     from sam_unet.data import mni152
-    from sam_unet.data.prepare import prepare_dataset
+    from sam_unet.data.prepare import PrepareOptions, prepare_dataset
     from sam_unet.train.evaluate import evaluate_model
     from sam_unet.train.trainer import TrainConfig, train
 
@@ -105,10 +105,9 @@ def train_demo_model(
         with tempfile.TemporaryDirectory(prefix="sam-unet-demo-", dir=workdir) as tmp:
             tmp = Path(tmp)
             t1_path, wm_path = mni152.paths()
-            manifest = prepare_dataset(
-                [(t1_path, wm_path)], tmp / "mni152", modality="mr", dataset="mni152",
-                label_threshold=mni152.WM_LABEL_THRESHOLD, keep_empty=True,
-                test_slices=recipe["test_slices"], quiet=quiet)
+            manifest = prepare_dataset([(t1_path, wm_path)], tmp / "mni152", PrepareOptions(
+                modality="mr", dataset="mni152", label_threshold=mni152.WM_LABEL_THRESHOLD,
+                keep_empty=True, test_slices=recipe["test_slices"], quiet=quiet))
             t_prep = time.time() - t0
             cfg = TrainConfig(
                 data=[str(tmp / "mni152")], out=str(tmp / "run"), variant=recipe["variant"],
