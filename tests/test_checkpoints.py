@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import struct
+import zipfile
 
 import pytest
 import torch
@@ -10,16 +12,21 @@ import torch.nn.functional as F
 
 from reference_samunet import batch_norm, random_state_dict, read_tsv, resnet_block
 from sam_unet.checkpoints import (
+    IN_MEMORY,
+    NO_HASH,
+    VERIFIED,
     CheckpointError,
     CheckpointNotFoundError,
     infer_variant,
     load_checkpoint,
     load_model,
+    load_model_with_report,
     load_resnet_checkpoint,
     load_sam_checkpoint,
     save_checkpoint,
 )
 from sam_unet.models import VARIANTS, build_model, variant_config
+from sam_unet.runtime.engine import Engine
 
 ENC = "image_encoder.sam_img_encoder."
 
@@ -156,6 +163,145 @@ def test_missing_and_corrupt_files(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# integrity: content hash, damaged files, non-finite weights
+
+
+def _random_tiny(seed: int = 4):
+    model = build_model("tiny")
+    model.load_state_dict(random_state_dict(shapes_of(model), seed=seed))
+    return model.eval()
+
+
+def _data_record(path):
+    """(offset, size) of the largest stored record (a tensor's bytes) of a torch zip file."""
+    with zipfile.ZipFile(path) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", fh.read(4))
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def _flipped(src, dst, offset):
+    data = bytearray(src.read_bytes())
+    data[offset] ^= 0x5A
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_project_checkpoints_are_verified(tmp_path):
+    model = _random_tiny()
+    path = tmp_path / "good.pt"
+    save_checkpoint(model, path, epoch=1)
+    loaded, report = load_model_with_report(path)
+    assert report.hash_checked and report.integrity == VERIFIED and VERIFIED in str(report)
+    assert torch.equal(loaded.state_dict()["mask_decoder.med_token.weight"],
+                       model.state_dict()["mask_decoder.med_token.weight"])
+    half = tmp_path / "half.pt"  # weights stored in float16 (as the demo checkpoint)
+    save_checkpoint(build_model("tiny").half(), half)
+    assert load_model_with_report(half)[1].hash_checked
+    bare = tmp_path / "bare.pt"  # a third-party file: loads, and says nothing was checked
+    torch.save(model.state_dict(), bare)
+    _, report = load_model_with_report(bare)
+    assert not report.hash_checked and report.integrity == NO_HASH
+
+
+def test_flipped_tensor_bytes_are_caught_by_the_hash(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(_random_tiny(), good)
+    offset, size = _data_record(good)
+    bad = _flipped(good, tmp_path / "bad.pt", offset + size // 2)
+    torch.load(bad, weights_only=True)  # torch reads the damaged file without complaint ...
+    want = f"checkpoint '{bad}' is damaged: content hash mismatch; re-download or re-export it"
+    for load in (load_model, lambda p: load_checkpoint(build_model("tiny"), p)):
+        with pytest.raises(CheckpointError) as info:  # ... the content hash does not
+            load(bad)
+        assert str(info.value) == want
+    # weights changed and saved again under the old hash (edited, or damaged before writing)
+    obj = torch.load(good, weights_only=True)
+    obj["model"]["mask_decoder.hf_mlp.layers.0.bias"][3] += 1e-3
+    torch.save(obj, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match="is damaged: content hash mismatch"):
+        load_model(tmp_path / "edited.pt")
+    obj["model_info"]["window"] = [0.0, 1.0]  # metadata is covered too
+    obj["model_info"]["normalize"] = "window"
+    obj["model"]["mask_decoder.hf_mlp.layers.0.bias"][3] -= 1e-3
+    torch.save(obj, tmp_path / "edited_info.pt")
+    with pytest.raises(CheckpointError, match="is damaged: content hash mismatch"):
+        load_model(tmp_path / "edited_info.pt")
+
+
+def test_flipped_zip_structure_is_a_clear_error(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(_random_tiny(), good)
+    data = good.read_bytes()
+    # the central directory's first entry and the end-of-central-directory record
+    for offset in (data.find(b"PK\x01\x02"), data.rfind(b"PK\x05\x06")):
+        bad = _flipped(good, tmp_path / "bad.pt", offset)
+        with pytest.raises(CheckpointError) as info:
+            load_model(bad)
+        msg = str(info.value)
+        assert msg.startswith(f"checkpoint '{bad}' is damaged or not a PyTorch file (")
+        assert msg.endswith("re-download or re-export it") and "\n" not in msg
+
+
+@pytest.mark.slow
+def test_no_flipped_byte_loads_different_weights(tmp_path):
+    """Bytes flipped anywhere (zip headers, pickle, tensor data): either the load is refused
+    with a CheckpointError, or what loads is exactly the saved model (a byte no reader uses)."""
+    model = _random_tiny()
+    good = tmp_path / "good.pt"
+    save_checkpoint(model, good, prompt="full")
+    want = model.state_dict()
+    size = good.stat().st_size
+    with zipfile.ZipFile(good) as z:
+        pkl = next(i for i in z.infolist() if i.filename.endswith("data.pkl"))
+    positions = sorted({*range(0, size, size // 23), *range(pkl.header_offset,
+                        pkl.header_offset + 30 + pkl.file_size, max(1, pkl.file_size // 10))})
+    refused = 0
+    for pos in positions:
+        bad = _flipped(good, tmp_path / "bad.pt", pos)
+        try:
+            got, report = load_model_with_report(bad)
+        except CheckpointError:
+            refused += 1
+            continue
+        assert report.integrity == VERIFIED
+        assert all(torch.equal(got.state_dict()[k], v) for k, v in want.items()), pos
+    assert refused >= len(positions) // 2, (refused, len(positions))
+
+
+def test_non_finite_weights_refused(tmp_path, res34, res34_state):
+    model = _random_tiny()
+    sd = model.state_dict()
+    sd["mask_decoder.hf_mlp.layers.0.weight"][0, :3] = float("nan")
+    sd["resnet.stage1.0.bn1.running_var"][2] = float("inf")
+    path = tmp_path / "nan.pt"
+    torch.save({"model": sd, "variant": "tiny"}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    msg = str(info.value)
+    assert msg.startswith(f"checkpoint '{path}' has non-finite weights (NaN or Inf) in 2 ")
+    assert "mask_decoder.hf_mlp.layers.0.weight (3 NaN)" in msg
+    assert "resnet.stage1.0.bn1.running_var (1 Inf)" in msg and "\n" not in msg
+    saved = tmp_path / "saved_nan.pt"  # a valid hash over NaN weights is still refused
+    model.load_state_dict(sd)
+    save_checkpoint(model, saved)
+    with pytest.raises(CheckpointError, match="non-finite weights"):
+        Engine.from_checkpoint(saved, device="cpu")
+    with pytest.raises(CheckpointError, match=r"state dict has non-finite weights"):
+        load_checkpoint(build_model("tiny"), sd)
+    many = {k: (v.fill_(float("nan")) if v.is_floating_point() else v)
+            for k, v in build_model("tiny").state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"\.\.\. \(\d+ more\)"):
+        load_checkpoint(build_model("tiny"), many)
+    sam = random_state_dict(read_tsv("sam_vit_b_checkpoint.tsv"), seed=31)
+    sam["image_encoder.blocks.3.attn.qkv.weight"][0, 0] = float("-inf")
+    with pytest.raises(CheckpointError, match="image_encoder.blocks.3.attn.qkv.weight"):
+        load_sam_checkpoint(res34, sam)
+
+
+# ---------------------------------------------------------------------------------------------
 # original SAM ViT-B
 
 
@@ -215,6 +361,7 @@ def test_sam_vit_b_checkpoint_converts(res34):
     assert len(report.loaded) + len(skipped) == len(sam)
     assert "mask_decoder.med_token.weight" in report.not_loaded
     assert "pos_embed" in str(report)
+    assert not report.hash_checked and report.integrity == IN_MEMORY  # a dict: nothing to check
 
     bad = dict(sam)
     bad["mask_decoder.something_new.weight"] = torch.zeros(3)

@@ -18,6 +18,7 @@ from sam_unet.export.onnx import (
     sha256_file,
     verify_onnx,
 )
+from sam_unet.model_info import ModelInfo
 from sam_unet.models.build import build_model
 
 TIMINGS: dict[str, float] = {}
@@ -95,6 +96,11 @@ def test_tiny_metadata(tiny):
     assert json.loads(meta["sam_unet.pixel_std"]) == list(transforms.PIXEL_STD)
     assert int(meta["sam_unet.image_size"]) == transforms.IMAGE_SIZE == 256
     assert int(meta["sam_unet.opset"]) >= 17
+    # how to feed the model (defaults for a bare model) and which weights the file holds
+    assert ModelInfo.from_json(meta["sam_unet.model_info"]) == ModelInfo(variant="tiny")
+    from sam_unet.checkpoints import weights_sha256
+
+    assert meta["sam_unet.weights_sha256"] == weights_sha256(tiny[0])
 
 
 def test_tiny_ort_parity_dynamic_batch(tiny):
@@ -160,18 +166,26 @@ def test_cli_export_from_checkpoint(tmp_path, capsys):
 
     model = _build("tiny", seed=3)
     ckpt = tmp_path / "tiny.pt"
-    checkpoints.save_checkpoint(model, ckpt)
+    checkpoints.save_checkpoint(model, ckpt, prompt="full")
     out = tmp_path / "out" / "tiny.onnx"
     t0 = time.perf_counter()
     rc = main(["export", "onnx", "--checkpoint", str(ckpt), "-o", str(out), "--verify",
-               "--verify-batches", "1"])
+               "--verify-batches", "1", "--normalize", "window", "--window", "-160", "240",
+               "--label", "1=liver"])
     TIMINGS["cli export+verify tiny"] = time.perf_counter() - t0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert rc == 0, text
     assert "verify:" in text and "OK" in text
+    assert "content hash verified" in captured.err
     meta = read_metadata(out)
     assert meta["sam_unet.checkpoint_sha256"] == sha256_file(ckpt)
     assert meta["sam_unet.variant"] == "tiny"
+    # the checkpoint's prompt mode, with the model info given on the command line
+    assert ModelInfo.from_json(meta["sam_unet.model_info"]) == ModelInfo(
+        variant="tiny", normalize="window", window=(-160.0, 240.0), prompt_mode="full-slice",
+        label_names={1: "liver"})
+    assert meta["sam_unet.weights_sha256"] == checkpoints.weights_sha256(model)
 
 
 def test_cli_export_errors(tmp_path, capsys):
@@ -187,3 +201,26 @@ def test_cli_export_errors(tmp_path, capsys):
     assert rc == 1 and ">= 17" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # neither --checkpoint nor --random-init
         main(["export", "onnx", "-o", str(tmp_path / "m.onnx")])
+    capsys.readouterr()
+    from sam_unet import checkpoints
+
+    model = _build("tiny", seed=1)
+    with torch.no_grad():
+        model.mask_decoder.med_token.weight[0, 0] = float("nan")
+    nan_ckpt = tmp_path / "nan.pt"
+    checkpoints.save_checkpoint(model, nan_ckpt)
+    before = nan_ckpt.read_bytes()
+    for extra, needle in ((["-o", str(tmp_path / "m.onnx")], "non-finite weights"),
+                          (["-o", str(nan_ckpt)], "that is the input checkpoint"),
+                          (["-o", str(tmp_path / "m.onnx"), "--label", "liver"], "VALUE=NAME")):
+        rc = main(["export", "onnx", "--checkpoint", str(nan_ckpt), *extra])
+        err = capsys.readouterr().err
+        assert rc == 1 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "m.onnx").exists() and nan_ckpt.read_bytes() == before
+    good = tmp_path / "good.pt"
+    checkpoints.save_checkpoint(_build("tiny", seed=2), good)
+    rc = main(["export", "onnx", "--checkpoint", str(good), "-o", str(tmp_path / "m.onnx"),
+               "--normalize", "window"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "normalize 'window' needs a window" in err
+    assert not (tmp_path / "m.onnx").exists()
