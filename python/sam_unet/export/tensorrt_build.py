@@ -97,6 +97,18 @@ def _attach_timing_cache(trt: Any, config: Any, logger: Any, path: Path | None) 
         config.set_timing_cache(config.create_timing_cache(b""), False)
 
 
+def _onnx_model_info(onnx_path: Path) -> str | None:
+    """The ONNX file's ``sam_unet.model_info`` JSON, kept in the sidecar so that an engine
+    knows how its model is fed after the ONNX file is gone."""
+    from sam_unet.export.onnx import read_metadata
+    from sam_unet.model_info import ONNX_METADATA_KEY
+
+    try:
+        return read_metadata(onnx_path).get(ONNX_METADATA_KEY)
+    except (OSError, ValueError):
+        return None
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike,
@@ -148,6 +160,7 @@ def build_engine(
         engine_path,
         spec,
         onnx_path=str(onnx_path.resolve()),
+        model_info=_onnx_model_info(onnx_path),
         workspace_gib=workspace_gib,
         fp32_pinned_layers=len(pinned),
         fp32_name_patterns=list(fp32_name_patterns) or None,
