@@ -63,3 +63,15 @@ def test_cuda_off_and_bad_value(tmp_path):
     bad = _configure(tmp_path / "x", "MAYBE", dict(os.environ))
     assert bad.returncode != 0
     assert "SAMUNET_CUDA must be AUTO, ON or OFF" in bad.stdout + bad.stderr
+
+
+def test_license_file_matches_pyproject():
+    tomllib = pytest.importorskip("tomllib")
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+    assert "Copyright 2026 the sam-unet authors" in text and "[yyyy]" not in text

@@ -27,14 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def _dice(a, b) -> float:
-    import numpy as np
-
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    denom = a.sum() + b.sum()
-    return float(2.0 * np.logical_and(a, b).sum() / denom) if denom else 1.0
-
-
 def write_montage(t1_path: Path, mask_path: Path, png_path: Path, *, rows: int = 3,
                   cols: int = 4) -> None:
     """Axial slices of the T1 with the mask overlaid in red, as one PNG."""
@@ -74,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from sam_unet.data.mni152 import paths as mni_paths
     from sam_unet.runtime.engine import Engine, _resolve_device, _tensorrt_available
     from sam_unet.runtime.files import segment_file
+    from sam_unet.train.metrics import dice as dice_score
 
     say = (lambda *a: None) if args.quiet else print
     out = Path(args.output)
@@ -117,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     mask = np.asarray(nib.load(str(mask_path)).dataobj)
     # the map stores probability x 255 as uint8: p > 0.5 is a stored value > 127.5
     wm = np.asarray(nib.load(str(wm_path)).dataobj, dtype=np.float32) > WM_LABEL_THRESHOLD
-    dice = _dice(mask, wm)
+    dice = dice_score(mask, wm)
     png = out / "mni152_t1_wm_montage.png"
     write_montage(t1_path, mask_path, png)
     say(f"mask   {mask_path}")

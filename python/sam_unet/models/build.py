@@ -17,9 +17,10 @@ VARIANTS: dict[str, SamUNetConfig] = {
         resnet_layers=(3, 4, 6, 3),
         resnet_widths=(64, 128, 256, 512),
     ),
-    # Same architecture, small dims: tests and CPU demos (~1.7M parameters). The published
-    # 14-token windows: 8-token ones (no padding on the 16x16 grid) train 2x faster on the CPU
-    # but reached a held-out Dice of 0.891 instead of 0.903 with the demo recipe.
+    # Same architecture, small dims: tests and CPU demos (~1.7M parameters), with the
+    # published 14-token windows. The bundled demo checkpoint overrides window_size=16 (one
+    # window covers the 16x16 token grid, no padding); assets/demo_tiny.md gives the measured
+    # trade-offs of the window sizes tried.
     "tiny": SamUNetConfig(
         vit_dim=96,
         vit_heads=3,
