@@ -69,7 +69,9 @@ def test_license_file_matches_pyproject():
     tomllib = pytest.importorskip("tomllib")
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    # the table form builds with scikit-build-core 0.10 too (the GPU check builds without
+    # isolation against whatever the image has)
+    assert project["license"] == {"text": "Apache-2.0"}
     text = (ROOT / "LICENSE").read_text()
     assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
