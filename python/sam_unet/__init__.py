@@ -6,6 +6,8 @@ Public API (imported lazily so that ``import sam_unet`` stays cheap):
 - :func:`load_checkpoint` -- load a published SAM-UNet checkpoint into a model.
 - :class:`Engine` -- the volume pipeline, ``engine.segment(volume)``.
 - :func:`segment_file` -- NIfTI in, uint8 label NIfTI out.
+- :func:`segment_image` / :func:`segment_dicom` -- a nibabel image / a DICOM series (folder,
+  zip or file) in memory -> a nibabel label image (optionally a DICOM SEG too).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ _LAZY = {
     "load_checkpoint": ("sam_unet.checkpoints", "load_checkpoint"),
     "Engine": ("sam_unet.runtime.engine", "Engine"),
     "segment_file": ("sam_unet.runtime.files", "segment_file"),
+    "segment_image": ("sam_unet.runtime.images", "segment_image"),
+    "segment_dicom": ("sam_unet.runtime.images", "segment_dicom"),
 }
 
 __all__ = ["__version__", *_LAZY]
