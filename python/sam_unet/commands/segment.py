@@ -83,7 +83,11 @@ def _rank() -> tuple[int, int, int]:
 _PLAIN = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
-def _fix_for(exc: BaseException, text: str) -> str:
+MODEL_FIX = ("check that it is a SAM-UNet checkpoint (.pt), an ONNX file made by `sam-unet "
+             "export` or a TensorRT engine built on this machine")
+
+
+def _fix_for(exc: BaseException, text: str, default: str = "") -> str:
     code = getattr(exc, "errno", None)
     if isinstance(exc, MemoryError) or "out of memory" in text.lower():
         return "use a smaller --batch-size or free memory"
@@ -92,21 +96,23 @@ def _fix_for(exc: BaseException, text: str) -> str:
                "with --continue"
     if isinstance(exc, PermissionError):
         return "check the permissions of the file and folder"
-    return "rerun with --debug for the full traceback"
+    if "nan" in text.lower().split() or "nan/inf" in text.lower() or "nan or inf" in text.lower():
+        return "replace the NaN/Inf voxels (e.g. by 0) and run again"
+    return default or "rerun with --debug for the full traceback"
 
 
-def error_line(subject: object, exc: BaseException, *, what: str = "") -> str:
+def error_line(subject: object, exc: BaseException, *, what: str = "", fix: str = "") -> str:
     """``sam-unet segment: error: <subject>: [what: ]<problem>; <fix>`` on one line."""
     text = " ".join(str(exc).split())
     if isinstance(exc, OSError) and exc.strerror and not text.startswith(str(subject)):
         text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
-    prefix = f"{subject}: "
-    if text.startswith(prefix):
-        text = text[len(prefix):]
+    if text.startswith(str(subject)):  # the message names the subject itself: once is enough
+        text = text[len(str(subject)):].lstrip(": ")
+        text = text[3:] if text.startswith("is ") else text
     if not isinstance(exc, _PLAIN) or not text:
         text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     if "; " not in text:
-        text = f"{text}; {_fix_for(exc, text)}"
+        text = f"{text}; {_fix_for(exc, text, fix)}"
     return f"{PROG}: error: {subject}: {what}{text}"
 
 
@@ -159,6 +165,11 @@ def run(args: argparse.Namespace) -> int:
             raise
         print(error_line(in_path, exc), file=sys.stderr)
         return 1
+    model_path = Path(args.checkpoint or args.onnx or args.engine)
+    if not model_path.is_file():
+        print(f"{PROG}: error: {model_path}: no such model file; check the path",
+              file=sys.stderr)
+        return 1
     mine = shard(jobs, rank, world)
 
     # 2. --continue: only complete outputs are skipped
@@ -187,13 +198,13 @@ def run(args: argparse.Namespace) -> int:
     done = failed = 0
     if todo:
         # 4. the model
-        model_path = args.checkpoint or args.onnx or args.engine
         try:
             engine = _load_engine(args, device)
         except Exception as exc:  # noqa: BLE001 - loaders raise library errors of every kind
             if args.debug:
                 raise
-            print(error_line(model_path, exc, what="cannot load the model: "), file=sys.stderr)
+            print(error_line(model_path, exc, what="cannot load the model: ", fix=MODEL_FIX),
+                  file=sys.stderr)
             return 1
         if not args.quiet:
             print(f"[rank {rank}/{world}] {engine.describe()}", file=sys.stderr)

@@ -51,9 +51,14 @@ _UNREADABLE_CODES = {
 }
 
 
-def _exc_text(exc: BaseException) -> str:
-    """``Class: message`` on one line (library messages may span several)."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+def _exc_text(exc: BaseException, path: Path | None = None) -> str:
+    """``Class: message`` on one line (library messages may span several); ``path``, which
+    the caller's message names already, is said as "it"."""
+    text = " ".join(str(exc).split())
+    if path is not None:
+        for quoted in (f'"{path}"', f"'{path}'", str(path)):
+            text = text.replace(quoted, "it")
+    return f"{type(exc).__name__}: {text}"
 
 
 class NiftiError(ValueError):
@@ -212,7 +217,7 @@ def load_nifti(
         if code in _UNREADABLE_CODES:
             raise NiftiError(f"{path}: {_UNREADABLE_CODES[code]}") from exc
         raise NiftiError(
-            f"{path}: cannot read the NIfTI header ({_exc_text(exc)}); the file is "
+            f"{path}: cannot read the NIfTI header ({_exc_text(exc, path)}); the file is "
             "not a NIfTI-1/2 image or is damaged: export or copy it again"
         ) from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
@@ -240,7 +245,7 @@ def load_nifti(
             data = np.asarray(data).astype(dtype, copy=False)
     except Exception as exc:  # noqa: BLE001 - truncated gzip, short file, ...
         raise NiftiError(
-            f"{path}: cannot read the image data ({_exc_text(exc)}); the file is "
+            f"{path}: cannot read the image data ({_exc_text(exc, path)}); the file is "
             "truncated or damaged: export or copy it again") from exc
     file_shape = tuple(int(s) for s in img.shape)
     data = _to_3d(data, path)
@@ -401,7 +406,7 @@ def save_label_nifti(
                 os.fsync(fh.fileno())
     except (OSError, ValueError, RuntimeError) as exc:
         raise NiftiError(
-            f"{path}: cannot write the label NIfTI ({_exc_text(exc)}); "
+            f"{path}: cannot write the label NIfTI ({_exc_text(exc, path)}); "
             + _write_fix(exc)) from exc
     return path
 

@@ -136,16 +136,18 @@ class Volume:
         outside the file's voxel grid."""
         arr = np.asarray(box, dtype=np.float64).reshape(-1)
         if arr.shape != (6,):
-            raise PromptError(f"a 3D box has 6 numbers (x0 y0 z0 x1 y1 z1), got {arr.size}")
+            raise PromptError(f"a 3D box has 6 numbers (x0 y0 z0 x1 y1 z1), got {arr.size}; "
+                              "give all 6")
         lo, hi = arr[:3], arr[3:]
         if not np.all(np.isfinite(arr)) or np.any(hi < lo):
-            raise PromptError(f"3D box {arr.tolist()} must be finite with x1>=x0, y1>=y0, z1>=z0")
+            raise PromptError(f"3D box {arr.tolist()} must be finite with x1>=x0, y1>=y0, "
+                              "z1>=z0; give the low corner first")
         limits = np.asarray(self.original_shape[:3], dtype=np.float64) - 1
         if np.any(lo < 0) or np.any(hi > limits):
             raise PromptError(
                 f"3D box {arr.tolist()} lies outside the file's voxel grid "
-                f"{tuple(self.original_shape)} (indices 0..{[int(v) for v in limits]} on "
-                "axes 0, 1, 2 of the file)"
+                f"{tuple(self.original_shape)}; give voxel indices within "
+                f"0..{[int(v) for v in limits]} on the file's axes 0, 1, 2 (as stored)"
             )
         out = np.empty(6, dtype=np.float64)
         for fax in range(3):
@@ -198,14 +200,15 @@ class Volume:
             if arr.shape[0] != self.original_shape[fax]:
                 raise PromptError(
                     f"per-slice boxes have {arr.shape[0]} rows, but file axis {fax} (the one "
-                    f"that becomes slicing axis {axis % 3}) has {self.original_shape[fax]} slices"
+                    f"that becomes slicing axis {axis % 3}) has {self.original_shape[fax]} "
+                    "slices; give one row per slice"
                 )
             rows = {int(k): arr[k] for k in np.flatnonzero(~np.isnan(arr).any(axis=1))}
             return self._slice_boxes_to_canonical(axis, rows), None
         raise PromptError(
             "boxes must be a 3D box (x0, y0, z0, x1, y1, z1), per-slice boxes ({slice: box} or "
             f"an (S, 4) array) or a mask volume of the file's shape {tuple(self.original_shape)}; "
-            f"got an array of shape {arr.shape}"
+            f"got an array of shape {arr.shape}; give one of these forms"
         )
 
     def _mask_to_canonical(self, mask: Any) -> np.ndarray:
@@ -215,7 +218,7 @@ class Volume:
         if mask.shape != tuple(self.original_shape[:3]):
             raise PromptError(
                 f"prompt mask has shape {mask.shape}, the file's voxel grid is "
-                f"{tuple(self.original_shape[:3])}"
+                f"{tuple(self.original_shape[:3])}; give a mask of the file's shape"
             )
         return self.to_canonical(mask)
 
@@ -229,19 +232,20 @@ class Volume:
             if not 0 <= k < n:
                 raise PromptError(
                     f"box given for slice {k}, but file axis {fax} (the one that becomes slicing "
-                    f"axis {axis % 3}) has {n} slices (0..{n - 1})"
+                    f"axis {axis % 3}) has {n} slices; give slice indices 0..{n - 1}"
                 )
             b = np.asarray(value, dtype=np.float64).reshape(-1)
             if b.shape != (4,):
-                raise PromptError(f"box for slice {k} must have 4 numbers, got {b.size}")
+                raise PromptError(f"box for slice {k} must have 4 numbers, got {b.size}; "
+                                  "give (a0, b0, a1, b1)")
             if not np.all(np.isfinite(b)) or b[2] < b[0] or b[3] < b[1]:
                 raise PromptError(f"box for slice {k} {b.tolist()} must be finite with a1>=a0, "
-                                  "b1>=b0")
+                                  "b1>=b0; give the low corner first")
             wa, wb = self.original_shape[fa] - 1, self.original_shape[fb] - 1
             if b[0] < 0 or b[1] < 0 or b[2] > wa or b[3] > wb:
                 raise PromptError(
                     f"box for slice {k} {b.tolist()} lies outside the slice (file axis {fa}: "
-                    f"0..{wa}, file axis {fb}: 0..{wb})"
+                    f"0..{wa}, file axis {fb}: 0..{wb}); give a box within the slice"
                 )
             _, ck, _ = self._interval_to_canonical(fax, k, k)
             out[int(ck)] = self.box2d_to_canonical(b, fax)

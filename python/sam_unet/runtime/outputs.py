@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sam_unet.io.inputs import input_stem, is_input, label_suffix, list_inputs, read_geometry
+from sam_unet.io.inputs import (
+    input_format,
+    input_stem,
+    is_input,
+    label_suffix,
+    list_inputs,
+    read_geometry,
+)
 from sam_unet.io.nifti import is_nifti_path
 
 LABEL_SUFFIX_TAG = "_seg"
@@ -86,6 +93,9 @@ def plan_jobs(input_path: str | os.PathLike, output: str | os.PathLike) -> list[
     else:
         if not input_path.exists():
             raise FileNotFoundError(f"{input_path}: no such file or folder; check the path")
+        if input_format(input_path) is None:
+            raise OutputError(f"{input_path}: not a supported input (a .nii or .nii.gz file, "
+                              "or a folder of them); convert it to NIfTI")
         sources = [input_path]
         many = False
     jobs = [Job(s, {"labels": label_output(s, output, many=many)}) for s in sources]
@@ -133,20 +143,22 @@ def refuse_overwriting_inputs(jobs: list[Job], *, input_folder: str | os.PathLik
             if not same and out_dir.exists():
                 same = _file_id(out_dir) == _file_id(in_dir)
             if same:
+                named = "" if str(out_dir) == str(in_dir) else f" {out_dir}"
                 raise OutputError(
-                    f"{in_dir}: the output folder {out_dir} is the input folder; give another "
-                    "-o folder (outputs beside the inputs would be read as inputs next time)")
+                    f"{in_dir}: the output folder{named} is the input folder; give another -o "
+                    "folder (outputs beside the inputs would be read as inputs next time)")
     for job in jobs:
         for path in job.outputs.values():
             hit = by_path.get(_resolved(path))
-            how = "is"
+            how = "is a symlink to" if path.is_symlink() else "is"
             if hit is None and (fid := _file_id(path)) is not None:
                 hit = by_id.get(fid)
-                how = "is a link to"
+                how = "is a hard link to"
             if hit is not None:
                 what = "the input itself" if hit == job.source else f"the input {hit}"
+                named = "" if str(path) == str(job.source) else f" {path}"
                 raise OutputError(
-                    f"{job.source}: the output {path} {how} {what}; give another -o (outputs "
+                    f"{job.source}: the output{named} {how} {what}; give another -o (outputs "
                     f"are named <name>{LABEL_SUFFIX_TAG}.nii.gz in an output folder)")
 
 
