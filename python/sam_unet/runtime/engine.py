@@ -1,65 +1,31 @@
-"""The volume pipeline: ``Engine.segment(volume) -> uint8 mask``.
+"""``Engine``: a backend, the model's metadata, and ``segment`` / ``segment_structures``.
 
-CPU: slabs of slices -> C++ preprocess into a float32 batch -> backend -> C++ postprocess
-straight into the output volume.
-
-CUDA, volume in host memory: each slab is gathered into a pinned host buffer, copied to the
-device on a copy stream, preprocessed by the fused CUDA kernel, run through the backend,
-postprocessed into a device uint8 slab and copied back on the copy stream; two sets of buffers
-alternate so that copies overlap compute, and device memory is bounded by the slab size, never by
-the number of slices. CUDA, volume already on the device (torch or CuPy): the ops read it in place
-and write the mask in place.
+``segment`` reads validate -> plan -> run -> return: the volume is validated (runtime/volumes.py),
+the options resolved against ``model_info``, the prompt turned into a plan of slices with
+model-frame boxes (runtime/prompts.py, runtime/plan.py), and the plan run slab by slab through
+the placement for where the volume lives (runtime/pipeline.py, runtime/placements.py).
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sam_unet.model_info import ModelInfo
-from sam_unet.runtime.prompts import SlicePlan, plan_slices
-from sam_unet.runtime.volumes import as_volume, empty_mask_like, to_caller_kind
-from sam_unet.transforms import check_window, resized_shape
-
-
-@dataclass
-class SegmentStats:
-    """What the last ``segment`` call did: slices computed, backend calls, seconds."""
-
-    slices: int = 0
-    backend_calls: int = 0
-    seconds: float = 0.0
-    peak_device_bytes: int = 0
-    stages: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def slices_per_second(self) -> float:
-        return self.slices / self.seconds if self.seconds > 0 else float("nan")
-
-
-def _batches(plan: SlicePlan, batch: int) -> list[list[tuple[int, int, int]]]:
-    """Group the plan's contiguous runs into batches of at most ``batch`` slices.
-
-    Each batch is a list of (position_in_plan, first_slice, length) pieces.
-    """
-    out: list[list[tuple[int, int, int]]] = []
-    cur: list[tuple[int, int, int]] = []
-    used = 0
-    for pos, start, length in plan.runs():
-        while length > 0:
-            take = min(length, batch - used)
-            cur.append((pos, start, take))
-            pos, start, length, used = pos + take, start + take, length - take, used + take
-            if used == batch:
-                out.append(cur)
-                cur, used = [], 0
-    if cur:
-        out.append(cur)
-    return out
+from sam_unet.runtime.pipeline import (
+    FiniteGuard,
+    SegmentStats,
+    StructuresStep,
+    WholeModelStep,
+    make_placement,
+    run_plan,
+)
+from sam_unet.runtime.placements import Feed
+from sam_unet.runtime.plan import Plan, SliceGeometry, merge_prompts
+from sam_unet.runtime.prompts import check_structures, slice_prompts
+from sam_unet.runtime.volumes import VolumeView, as_volume, host_array, to_caller_kind
+from sam_unet.transforms import check_window
 
 
 class Engine:
@@ -280,99 +246,122 @@ class Engine:
         return mask
 
     # ------------------------------------------------------------------ segmentation
-    def segment(self, volume: Any, *, axis: int = -1, window: Any = None,
-                normalize: str = "slice-minmax", boxes: Any = None, box_mask: Any = None,
+    def segment(self, volume: Any, *, axis: int | None = None, window: Any = None,
+                normalize: str | None = None, boxes: Any = None, box_mask: Any = None,
                 batch_size: int | None = None) -> Any:
-        """Segment a 3D volume slice by slice.
+        """Segment a 3D volume slice by slice -> uint8 {0, 1} mask of the volume's shape, of the
+        same array kind (NumPy, torch, CuPy) and device.
 
-        volume: (X, Y, Z) NumPy array, torch tensor or CuPy array of uint8, int16, uint16, int32,
-            float32 or float64, any strides.
-        axis: the slicing axis (default the last).
-        window: optional (lo, hi) intensity window; normalize: "slice-minmax" or "window".
-        boxes: None (full-slice box), a 3D box (x0, y0, z0, x1, y1, z1) in voxels, per-slice
-            (S, 4) boxes (NaN rows skipped) or a dict {slice: box}, or a coarse mask volume.
-        Returns a uint8 {0, 1} mask of the volume's shape, of the same array kind and device.
+        volume: (X, Y, Z) NumPy array, torch tensor (CPU or CUDA) or CuPy array, any strides, of
+            any real dtype: uint8, int16, uint16, int32, float32, float64 are read in place;
+            int8, uint32, int64, uint64, float16, bfloat16, bool and byte-swapped arrays are
+            converted slab by slab (never as a whole volume).
+        axis: the slicing axis; window: optional (lo, hi) intensity clip; normalize:
+            "slice-minmax" or "window". None (the default) takes the value from
+            ``engine.model_info`` (else axis -1, no window, "slice-minmax"); a value that differs
+            from the model's metadata is used but warned about (UserWarning).
+        boxes: None (full-slice box), a 3D box (x0, y0, z0, x1, y1, z1) in voxels over axes
+            0, 1, 2, per-slice 2D boxes (S, 4) (NaN rows skipped) or a dict {slice: box} with
+            x over the first remaining axis and y over the second (DESIGN 8), or a coarse mask
+            volume (also as ``box_mask``): each slice gets its largest component's box.
+            A model whose metadata says prompt mode "box" needs one (ValueError otherwise).
+        batch_size: slices per slab (default ``engine.batch_size``; buffers never exceed the
+            slices to compute).
+        ``engine.last_stats`` says what ran (slices, stage seconds, peak device memory).
         """
         view = as_volume(volume)
+        feed = self._feed(view, axis, window, normalize,
+                          prompted=boxes is not None or box_mask is not None)
+        indices, model_boxes = slice_prompts(feed.geometry, host_array(boxes),
+                                             box_mask=host_array(box_mask))
+        plan = Plan(feed.geometry, indices, model_boxes[None])
+        outputs = self._run(view, plan, feed, WholeModelStep, batch_size)
+        return to_caller_kind(outputs["mask"], view)
+
+    def segment_structures(self, volume: Any, structures: Any, *, axis: int | None = None,
+                           window: Any = None, normalize: str | None = None,
+                           batch_size: int | None = None, return_scores: bool = False) -> Any:
+        """Segment several structures of one volume into a uint8 label map (0 = background).
+
+        structures: a sequence of :class:`~sam_unet.runtime.prompts.StructurePrompt` (name,
+            label 1..255, boxes / box_mask as for :meth:`segment`, in the volume's voxel frame).
+        A slice needed by several structures is preprocessed once; where the backend can split
+        the model (``backend.can_split``) it is encoded once and decoded per structure, else the
+        whole model runs per structure. Where structures overlap, the one with the higher logit
+        (at slice resolution) wins; a voxel is background unless its winning logit is > 0.
+        Other options as :meth:`segment`. Returns the label map (same array kind and device as
+        the volume), or (labels, scores) with ``return_scores``: float32 winning logits,
+        -inf on slices no structure computed.
+        """
+        view = as_volume(volume)
+        items = check_structures(structures)
+        prompted = all(s.boxes is not None or s.box_mask is not None for s in items)
+        feed = self._feed(view, axis, window, normalize, prompted=prompted,
+                          scores=return_scores)
+        prompts = [slice_prompts(feed.geometry, host_array(s.boxes),
+                                 box_mask=host_array(s.box_mask)) for s in items]
+        plan = merge_prompts(feed.geometry, prompts, tuple(int(s.label) for s in items))
+
+        def step(backend: Any, plan: Plan, guard: FiniteGuard, stats: SegmentStats) -> Any:
+            return StructuresStep(backend, plan, guard, stats, scores=return_scores)
+
+        outputs = self._run(view, plan, feed, step, batch_size)
+        labels = to_caller_kind(outputs["mask"], view)
+        return (labels, to_caller_kind(outputs["scores"], view)) if return_scores else labels
+
+    def _feed(self, view: VolumeView, axis: int | None, window: Any, normalize: str | None, *,
+              prompted: bool, scores: bool = False) -> Feed:
+        """Options (explicit, else the model's metadata, else the defaults) -> the Feed."""
+        info = getattr(self, "model_info", None)
+        axis = _option("axis", axis, info and info.axis, -1, lambda a, b: a % 3 == b % 3)
+        normalize = _option("normalize", normalize, info and info.normalize, "slice-minmax")
+        window = _option("window", window, info and info.window, None,
+                         lambda a, b: tuple(map(float, a)) == tuple(map(float, b)))
         win = check_window(normalize, window)
-        if axis < -3 or axis > 2:
-            raise ValueError(f"axis must be in [-3, 2] for a 3D volume, got {axis}")
-        axis = axis % 3
-        if box_mask is not None:
-            box_mask = _host(box_mask)
-        elif boxes is not None and not isinstance(boxes, dict):
-            boxes = _host(boxes)
-        plan = plan_slices(view.shape, axis, boxes, box_mask=box_mask)
-        batch = int(batch_size or self.batch_size)
-        if batch < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch}")
-        stats = SegmentStats()
-        t0 = time.perf_counter()
-        mask = empty_mask_like(view)
-        if len(plan.indices):
-            if self.backend.device.startswith("cuda"):
-                from sam_unet.runtime.cuda_pipeline import run_cuda
-
-                mask = run_cuda(self.backend, view, mask, plan, axis, normalize, win, batch,
-                                stats)
-            else:
-                self._run_cpu(view, mask, plan, axis, normalize, win, batch, stats)
-        stats.slices = len(plan.indices)
-        stats.seconds = time.perf_counter() - t0
-        self.last_stats = stats
-        return to_caller_kind(mask, view)
-
-    def _run_cpu(self, view: Any, mask: Any, plan: SlicePlan, axis: int, normalize: str,
-                 window: tuple[float, float] | None, batch: int, stats: SegmentStats) -> None:
-        import torch
-
-        from sam_unet import ops
-
-        if view.on_cuda:
+        if info is not None and info.prompt_mode == "box" and not prompted:
             raise ValueError(
-                f"the volume is on {view.device} but the engine runs on the CPU; move the volume "
-                "to the host (.cpu()) or build the engine with device='cuda'"
+                "the model was trained with structure boxes (its prompt mode is 'box'), not with "
+                "full-slice boxes: give boxes (a 3D box, per-slice boxes or a box_mask)"
             )
-        vol = view.array if view.kind == "numpy" else view.array.numpy()
-        out = mask if isinstance(mask, np.ndarray) else mask.numpy()
-        row_ax, col_ax = [a for a in range(3) if a != axis]
-        height, width = vol.shape[row_ax], vol.shape[col_ax]
-        resized = resized_shape(height, width)
-        images = np.empty((batch, 3, 256, 256), dtype=np.float32)
-        t_pre = t_net = t_post = 0.0
-        for pieces in _batches(plan, batch):
-            m = sum(p[2] for p in pieces)
-            t = time.perf_counter()
-            off = 0
-            for _pos, start, length in pieces:
-                ops.preprocess(vol, images[off:off + length], z0=start, n=length, axis=axis,
-                               mode=normalize, window=window)
-                off += length
-            pos_idx = np.concatenate([np.arange(p, p + n) for p, _s, n in pieces])
-            boxes = ops.scale_boxes(plan.boxes[pos_idx], (height, width), resized)
-            t_pre += time.perf_counter() - t
-            t = time.perf_counter()
-            logits = self.backend.run(torch.from_numpy(images[:m]),
-                                      torch.from_numpy(np.ascontiguousarray(boxes)))
-            stats.backend_calls += 1
-            t_net += time.perf_counter() - t
-            t = time.perf_counter()
-            logits_np = logits.detach().float().cpu().numpy()
-            off = 0
-            for _pos, start, length in pieces:
-                ops.postprocess(logits_np[off:off + length], out, z0=start, n=length, axis=axis,
-                                resized_hw=resized)
-                off += length
-            t_post += time.perf_counter() - t
-        stats.stages = {"preprocess": t_pre, "model": t_net, "postprocess": t_post}
+        return Feed(SliceGeometry.of(view.shape, axis), normalize, win,
+                    _images_dtype(self.backend), scores)
+
+    def _run(self, view: VolumeView, plan: Plan, feed: Feed, make_step: Any,
+             batch_size: int | None) -> dict[str, Any]:
+        """validate the batch -> placement + step -> the one loop; sets ``last_stats``."""
+        batch = self.batch_size if batch_size is None else batch_size
+        if isinstance(batch, bool) or int(batch) != batch or int(batch) < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        placement = make_placement(view, self.backend.device, feed)
+        stats, guard = SegmentStats(), FiniteGuard()
+        step = make_step(self.backend, plan, guard, stats)
+        outputs = run_plan(plan, placement, step, guard, int(batch), stats)
+        self.last_stats = stats
+        return outputs
 
 
-def _host(a: Any) -> Any:
-    if hasattr(a, "detach"):
-        return a.detach().cpu().numpy()
-    if type(a).__module__.startswith("cupy"):
-        return a.get()
-    return a
+def _option(name: str, given: Any, model: Any, default: Any, same: Any = None) -> Any:
+    """``given`` if set (warning when it differs from the model's metadata), else the model's
+    value, else ``default``."""
+    if given is None:
+        return default if model is None else model
+    if model is not None and not (same(given, model) if same else given == model):
+        warnings.warn(
+            f"{name}={given!r} differs from the model's {name}={model!r} (how its file says it "
+            f"was trained); using {name}={given!r}", UserWarning, stacklevel=4,
+        )
+    return given
+
+
+def _images_dtype(backend: Any) -> Any:
+    """What the preprocess op writes for this backend: float16 for an fp16 model, else float32
+    (a bf16 model gets float32 images, cast once by the backend: no double rounding)."""
+    import torch
+
+    dt = getattr(backend, "input_dtype", None)
+    if dt is None:
+        dt = torch.float16 if getattr(backend, "precision", "fp32") == "fp16" else torch.float32
+    return torch.float16 if dt == torch.float16 else torch.float32
 
 
 def _resolve_device(device: str | None) -> str:

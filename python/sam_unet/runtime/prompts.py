@@ -1,175 +1,164 @@
-"""Volume prompts -> one 2D box per computed slice.
+"""Volume prompts -> the slices to compute and one model-frame box per slice.
 
 A prompt for a volume is one of:
 
 - ``None``: every slice is computed with the full-slice box (models trained with full boxes);
 - a 3D box ``(x0, y0, z0, x1, y1, z1)`` in voxel indices of the volume's axes 0, 1, 2
-  (inclusive corners); slices along ``axis`` outside ``[a0, a1]`` are not computed and stay 0,
-  and inside it the in-slice box is the box's extent on the two remaining axes;
+  (inclusive corners); slices along ``axis`` outside the box are not computed and stay 0, and
+  inside it the slice's box is the 3D box's extent on the two remaining axes;
 - per-slice 2D boxes: an array (S, 4) with one ``(x0, y0, x1, y1)`` per slice along ``axis``
   (NaN rows mean "not computed"), or a dict ``{slice_index: (x0, y0, x1, y1)}``;
 - a coarse mask volume of the volume's shape: each slice with foreground gets the bounding box
-  of its largest connected component; empty slices are not computed.
+  of its largest 8-connected component; empty slices are not computed.
 
-2D boxes are in slice pixel coordinates: ``x`` indexes columns (W, the second remaining axis)
-and ``y`` rows (H, the first remaining axis), corners inclusive, as a mask's bounding box.
+2D boxes (DESIGN 8): ``x`` runs over the first of the two remaining array axes and ``y`` over
+the second, corners inclusive: on axial slices of an (X, Y, Z) volume x is axis 0 and y axis 1,
+the same letters as the 3D box. A mask covering only voxel ``vol[i, j, k]`` has the 2D box
+(i, j, i, j) on slice k. The engine converts to the model's frame (x = image column) itself.
+
+A :class:`StructurePrompt` is one named structure's prompt for ``Engine.segment_structures``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from sam_unet.runtime.plan import SliceGeometry
+
 
 @dataclass(frozen=True)
-class SlicePlan:
-    """Which slices to compute and with which box.
+class StructurePrompt:
+    """One structure to segment: its ``name``, its ``label`` value (1..255) in the label map,
+    and its prompt (``boxes`` / ``box_mask`` as for ``Engine.segment``, in the volume's voxel
+    frame; both None: the full-slice box on every slice)."""
 
-    indices: int64 (N,) sorted slice indices along the slicing axis.
-    boxes: float32 (N, 4) ``(x0, y0, x1, y1)`` in original slice pixels, inclusive corners.
-    """
-
-    indices: np.ndarray
-    boxes: np.ndarray
-
-    def runs(self) -> list[tuple[int, int, int]]:
-        """Contiguous runs as ``(position_in_plan, first_slice, length)``."""
-        out: list[tuple[int, int, int]] = []
-        start = 0
-        for i in range(1, len(self.indices) + 1):
-            if i == len(self.indices) or self.indices[i] != self.indices[i - 1] + 1:
-                if i > start:
-                    out.append((start, int(self.indices[start]), i - start))
-                start = i
-        return out
+    name: str
+    label: int
+    boxes: Any = None
+    box_mask: Any = None
 
 
-def full_slice_box(height: int, width: int) -> np.ndarray:
-    """The box covering a whole (height, width) slice, in slice pixels.
+def mask_slice_box(mask2d: np.ndarray) -> np.ndarray | None:
+    """Slice-frame ``(x0, y0, x1, y1)`` (x over the slice's first axis) of the largest
+    8-connected component of a 2D mask, or None when it is empty."""
+    from sam_unet.data.prompts import mask_box
 
-    Chosen so that after scaling by (w'/W, h'/H) it is exactly the training full-slice box
-    ``(0, 0, w' - 1, h' - 1)`` of the 256 frame (see sam_unet.data.prompts.full_box).
-    """
-    from sam_unet.transforms import resized_shape
-
-    h2, w2 = resized_shape(height, width)
-    return np.array([0.0, 0.0, (w2 - 1.0) * width / w2, (h2 - 1.0) * height / h2],
-                    dtype=np.float32)
+    box = mask_box(mask2d)  # (col0, row0, col1, row1)
+    return None if box is None else box[[1, 0, 3, 2]]
 
 
-def _slice_axes(axis: int) -> tuple[int, int]:
-    rest = [a for a in range(3) if a != axis]
-    return rest[0], rest[1]  # (row axis H, column axis W)
-
-
-def largest_component_box(mask2d: np.ndarray) -> np.ndarray | None:
-    """Inclusive ``(x0, y0, x1, y1)`` of the largest 8-connected component, or None if empty."""
-    from scipy import ndimage
-
-    fg = np.asarray(mask2d) != 0
-    if not fg.any():
-        return None
-    labels, count = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
-    if count > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        fg = labels == int(np.argmax(sizes))
-    rows = np.flatnonzero(fg.any(axis=1))
-    cols = np.flatnonzero(fg.any(axis=0))
-    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)
-
-
-def _check_box2d(box: np.ndarray, k: int, height: int, width: int) -> None:
-    x0, y0, x1, y1 = (float(v) for v in box)
+def _check_box2d(box: np.ndarray, k: int, geo: SliceGeometry) -> None:
+    if box.shape != (4,):
+        raise ValueError(f"box for slice {k} must have 4 numbers (x0, y0, x1, y1), got {box.size}")
     if not np.all(np.isfinite(box)):
         raise ValueError(f"box for slice {k} is not finite: {box.tolist()}")
+    x0, y0, x1, y1 = (float(v) for v in box)
     if x1 < x0 or y1 < y0:
         raise ValueError(f"box for slice {k} has x1 < x0 or y1 < y0: {box.tolist()}")
-    if x0 < 0 or y0 < 0 or x1 > width - 1 or y1 > height - 1:
+    if x0 < 0 or y0 < 0 or x1 > geo.height - 1 or y1 > geo.width - 1:
         raise ValueError(
-            f"box for slice {k} {box.tolist()} lies outside the slice "
-            f"(x in [0, {width - 1}], y in [0, {height - 1}])"
+            f"box for slice {k} {box.tolist()} lies outside the slice (x over axis "
+            f"{geo.row_axis} in [0, {geo.height - 1}], y over axis {geo.col_axis} in "
+            f"[0, {geo.width - 1}])"
         )
 
 
-def plan_slices(shape: tuple[int, int, int], axis: int, boxes: object = None,
-                *, box_mask: object = None) -> SlicePlan:
-    """Turn a prompt into a :class:`SlicePlan` for a volume of ``shape`` sliced along ``axis``.
+def _is_mask_volume(boxes: object, shape: tuple[int, int, int]) -> bool:
+    return hasattr(boxes, "shape") and np.ndim(boxes) == 3 and tuple(boxes.shape) == shape
 
-    ``boxes`` is None, a 3D box (6 numbers), per-slice boxes ((S, 4) array or dict), or a mask
-    volume of ``shape`` (any dtype; nonzero = foreground). Raises ValueError naming the problem
-    for boxes outside the volume or of the wrong shape.
+
+def slice_prompts(geo: SliceGeometry, boxes: object = None, *, box_mask: object = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Turn a prompt into the slices to compute and their boxes in the model's frame.
+
+    Returns (indices int64 (N,) sorted, boxes float32 (N, 4) in the 256 frame). ``boxes`` is
+    None, a 3D box (6 numbers), per-slice boxes ((S, 4) array or dict), or a mask volume of the
+    volume's shape (also accepted as ``box_mask``; nonzero = foreground). Raises ValueError
+    naming the problem for boxes outside the volume or of the wrong shape.
     """
-    if axis < -3 or axis > 2:
-        raise ValueError(f"axis must be in [-3, 2] for a 3D volume, got {axis}")
-    axis = axis % 3
-    n_slices = shape[axis]
-    row_ax, col_ax = _slice_axes(axis)
-    height, width = shape[row_ax], shape[col_ax]
-
+    n_slices = geo.n_slices
     if boxes is None and box_mask is None:
         idx = np.arange(n_slices, dtype=np.int64)
-        return SlicePlan(idx, np.tile(full_slice_box(height, width), (n_slices, 1)))
+        return idx, np.tile(geo.full_slice_box(), (n_slices, 1))
 
-    if box_mask is not None or (hasattr(boxes, "shape") and tuple(boxes.shape) == tuple(shape)
-                                and len(shape) == 3 and np.ndim(boxes) == 3):
+    if box_mask is not None or _is_mask_volume(boxes, geo.shape):
         mask = np.asarray(box_mask if box_mask is not None else boxes)
-        if mask.shape != tuple(shape):
-            raise ValueError(f"prompt mask has shape {mask.shape}, the volume has {tuple(shape)}")
-        idx_list, box_list = [], []
-        moved = np.moveaxis(mask, axis, 0)
-        for k in range(n_slices):
-            b = largest_component_box(moved[k])
-            if b is not None:
-                idx_list.append(k)
-                box_list.append(b)
-        return SlicePlan(np.asarray(idx_list, dtype=np.int64),
-                         np.asarray(box_list, dtype=np.float32).reshape(-1, 4))
+        if mask.shape != geo.shape:
+            raise ValueError(f"prompt mask has shape {mask.shape}, the volume has {geo.shape}")
+        moved = np.moveaxis(mask, geo.axis, 0)
+        found = [(k, mask_slice_box(moved[k])) for k in range(n_slices)]
+        idx_list = [k for k, b in found if b is not None]
+        return _to_model(geo, idx_list, [b for _, b in found if b is not None])
 
     if isinstance(boxes, Mapping):
-        items = sorted((int(k), np.asarray(v, dtype=np.float64).reshape(-1)) for k, v in
-                       boxes.items())
-        idx_list, box_list = [], []
+        items = sorted((int(k), np.asarray(v, dtype=np.float64).reshape(-1))
+                       for k, v in boxes.items())
         for k, b in items:
             if not 0 <= k < n_slices:
-                raise ValueError(f"box given for slice {k}, but axis {axis} has {n_slices} slices")
-            if b.shape != (4,):
-                raise ValueError(f"box for slice {k} must have 4 numbers, got {b.size}")
-            _check_box2d(b, k, height, width)
-            idx_list.append(k)
-            box_list.append(b)
-        return SlicePlan(np.asarray(idx_list, dtype=np.int64),
-                         np.asarray(box_list, dtype=np.float32).reshape(-1, 4))
+                raise ValueError(f"box given for slice {k}, but axis {geo.axis} has {n_slices} "
+                                 "slices")
+            _check_box2d(b, k, geo)
+        return _to_model(geo, [k for k, _ in items], [b for _, b in items])
 
     arr = np.asarray(boxes, dtype=np.float64)
     if arr.shape == (6,):
         lo, hi = arr[:3], arr[3:]
         if np.any(~np.isfinite(arr)) or np.any(hi < lo):
             raise ValueError(f"3D box must be finite with x1>=x0, y1>=y0, z1>=z0: {arr.tolist()}")
-        limits = np.asarray(shape, dtype=np.float64) - 1
+        limits = np.asarray(geo.shape, dtype=np.float64) - 1
         if np.any(lo < 0) or np.any(hi > limits):
             raise ValueError(
-                f"3D box {arr.tolist()} lies outside the volume of shape {tuple(shape)} "
+                f"3D box {arr.tolist()} lies outside the volume of shape {geo.shape} "
                 f"(voxel indices 0..{[int(v) for v in limits]})"
             )
-        a0, a1 = int(np.floor(lo[axis])), int(np.ceil(hi[axis]))
+        a0, a1 = int(np.floor(lo[geo.axis])), int(np.ceil(hi[geo.axis]))
         idx = np.arange(a0, a1 + 1, dtype=np.int64)
-        box2d = np.array([lo[col_ax], lo[row_ax], hi[col_ax], hi[row_ax]], dtype=np.float32)
-        return SlicePlan(idx, np.tile(box2d, (len(idx), 1)))
+        r, c = geo.row_axis, geo.col_axis
+        box2d = np.array([lo[r], lo[c], hi[r], hi[c]])
+        return _to_model(geo, idx, [box2d] * len(idx))
     if arr.ndim == 2 and arr.shape[1] == 4:
         if arr.shape[0] != n_slices:
             raise ValueError(
-                f"per-slice boxes have {arr.shape[0]} rows, axis {axis} has {n_slices} slices"
+                f"per-slice boxes have {arr.shape[0]} rows, axis {geo.axis} has {n_slices} slices"
             )
-        keep = ~np.isnan(arr).any(axis=1)
-        idx = np.flatnonzero(keep).astype(np.int64)
+        idx = np.flatnonzero(~np.isnan(arr).any(axis=1))
         for k in idx:
-            _check_box2d(arr[k], int(k), height, width)
-        return SlicePlan(idx, arr[keep].astype(np.float32))
+            _check_box2d(arr[k], int(k), geo)
+        return _to_model(geo, idx, arr[idx])
     raise ValueError(
         "boxes must be None, a 3D box (x0, y0, z0, x1, y1, z1), per-slice boxes of shape "
-        f"({n_slices}, 4) or a dict, or a mask volume of shape {tuple(shape)}; got an array of "
+        f"({n_slices}, 4) or a dict, or a mask volume of shape {geo.shape}; got an array of "
         f"shape {arr.shape}"
     )
+
+
+def _to_model(geo: SliceGeometry, idx: Any, boxes: Any) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+    if len(idx) == 0:
+        return idx, np.zeros((0, 4), np.float32)
+    return idx, geo.to_model_frame(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+
+
+def check_structures(structures: Any) -> list[StructurePrompt]:
+    """Validate a sequence of :class:`StructurePrompt`: at least one, labels 1..255, distinct
+    names and labels. Returns them as a list."""
+    items = list(structures)
+    if not items:
+        raise ValueError("structures is empty: give at least one StructurePrompt")
+    for s in items:
+        if not isinstance(s, StructurePrompt):
+            raise TypeError(f"structures must hold StructurePrompt, got {type(s).__name__}")
+        if isinstance(s.label, bool) or not isinstance(s.label, (int, np.integer)) \
+                or not 1 <= int(s.label) <= 255:
+            raise ValueError(f"structure {s.name!r}: label must be an integer in 1..255 (0 is "
+                             f"the background), got {s.label!r}")
+    for attr in ("name", "label"):
+        values = [getattr(s, attr) for s in items]
+        dup = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if dup:
+            raise ValueError(f"structures share a {attr}: {dup}; each needs its own")
+    return items
