@@ -114,6 +114,7 @@ def _one_line(exc: BaseException, limit: int = 200) -> str:
     if marker in text:
         text = text[text.index(marker) + len(marker):]
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    line = line.split(". This is an internal miniz error")[0]  # torch's advice for its own bug
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
@@ -130,8 +131,16 @@ def read_checkpoint(
         raise CheckpointNotFoundError(f"checkpoint {str(p)!r}: no such file")
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} is not a file")
+    if p.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{str(p)!r} is an ONNX file, not a PyTorch checkpoint; pass it as "
+                              "an ONNX model (--onnx, Engine.from_onnx)")
     try:
         return torch.load(p, map_location=map_location, weights_only=not allow_pickle)
+    except (PermissionError, IsADirectoryError) as exc:
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} cannot be read ({exc.strerror or exc}); check its "
+            "permissions"
+        ) from exc
     except pickle.UnpicklingError as exc:
         if allow_pickle:
             raise CheckpointError(
@@ -266,7 +275,13 @@ def _state(
         obj: Any = source
     else:
         obj = read_checkpoint(source, map_location=map_location, allow_pickle=allow_pickle)
-    sd = extract_state_dict(obj, source=_describe(source))
+    try:
+        sd = extract_state_dict(obj, source=_describe(source))
+    except CheckpointError:
+        if isinstance(obj, Mapping) and HASH_KEY in obj:  # written by save_checkpoint
+            raise CheckpointError(f"{_describe(source)} is damaged: its state dict cannot be "
+                                  "found; re-download or re-export it") from None
+        raise
     integrity = verify_checkpoint(obj, sd, source=_describe(source))
     if isinstance(source, Mapping) and integrity == NO_HASH:
         integrity = IN_MEMORY

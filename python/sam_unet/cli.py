@@ -7,8 +7,10 @@ heavy imports (torch, onnx) inside ``run`` so that ``sam-unet --help`` stays fas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import warnings
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        with _one_line_warnings(args):
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -59,6 +62,26 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sam-unet {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _one_line_warnings(args: argparse.Namespace):
+    """Warnings reach users as ``sam-unet CMD: warning: ...`` lines (no file:line source
+    echo); ``--debug`` keeps Python's format."""
+    if getattr(args, "debug", False):
+        yield
+        return
+    saved = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"sam-unet {args.command}: warning: {text}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
 
 
 def one_line(exc: BaseException) -> str:
