@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -22,35 +20,17 @@ import torch
 from PIL import Image
 
 from sam_unet import ops, transforms
+from sam_unet.bench.timing import time_fn
 
 
 def median_time(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:
     """Median wall time (s) of fn over `runs` calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return time_fn(fn, warmup=warmup, runs=runs).median
 
 
 def cuda_median_time(fn: Callable[[], object], runs: int, warmup: int = 5) -> float:
     """Median device time (s) of fn with CUDA events, after warm-up."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+    return time_fn(fn, device="cuda", warmup=warmup, runs=runs).median
 
 
 def make_volume(shape, dtype, layout: str, seed: int = 0) -> tuple[np.ndarray, int]:

@@ -41,9 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sam_unet.bench.report import render_markdown, write_all
     from sam_unet.bench.suite import run_suite
-    from sam_unet.runtime.engine import _resolve_device
+    from sam_unet.runtime.devices import resolve_device
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     size = args.size or ("full" if device.startswith("cuda") else "small")
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     unknown = set(parts) - {"ceilings", "model", "ops", "pipeline"}

@@ -57,6 +57,17 @@ def write_montage(t1_path: Path, mask_path: Path, png_path: Path, *, rows: int =
     tmp.replace(png_path)
 
 
+def _has_tensorrt() -> bool:
+    """Whether TensorRT can be imported (then the ONNX engine builds a TensorRT engine)."""
+    from sam_unet.runtime.tensorrt_engine import import_tensorrt
+
+    try:
+        import_tensorrt()
+    except Exception:  # noqa: BLE001 - a broken install is as unusable as none
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     import nibabel as nib
     import numpy as np
@@ -64,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
     from sam_unet.data.mni152 import WM_LABEL_THRESHOLD
     from sam_unet.data.mni152 import paths as mni_paths
-    from sam_unet.runtime.engine import Engine, _resolve_device, _tensorrt_available
+    from sam_unet.runtime.devices import resolve_device
+    from sam_unet.runtime.engine import Engine
     from sam_unet.runtime.files import segment_file
     from sam_unet.train.metrics import dice as dice_score
 
@@ -86,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if not ckpt.is_file():
         raise FileNotFoundError(f"demo checkpoint not found: {ckpt}")
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     onnx_path = out / "demo_tiny.onnx"
     t = time.perf_counter()
     from sam_unet.checkpoints import load_model
@@ -96,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     export_onnx(model, onnx_path, checkpoint=ckpt)
     say(f"exported {onnx_path} ({time.perf_counter() - t:.1f} s)")
 
-    if device.startswith("cuda") and not _tensorrt_available():
+    if device.startswith("cuda") and not _has_tensorrt():
         engine = Engine.from_checkpoint(ckpt, device=device)
     else:
         engine = Engine.from_onnx(onnx_path, device=device)

@@ -32,14 +32,6 @@ MIN_OPSET = 17
 EXPORTERS = ("auto", "torchscript", "dynamo")
 DEFAULT_RTOL = 1e-4
 
-# Fallbacks for the preprocessing constants while sam_unet.transforms is not importable; the
-# values are the ones fixed in docs/internal-api.md and DESIGN.md section 3.
-_IMAGE_SIZE = 256
-_LOGIT_SIZE = 64
-_PIXEL_MEAN = (123.675, 116.28, 103.53)
-_PIXEL_STD = (58.395, 57.12, 57.375)
-
-
 class OnnxExportError(RuntimeError):
     """The model could not be exported, or the exported graph is not what the runtime expects."""
 
@@ -96,22 +88,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def preprocessing_constants() -> dict[str, Any]:
     """Image size, logit size, mean and std as the reference transforms define them."""
-    try:
-        from sam_unet import transforms as T
+    from sam_unet import transforms as T
 
-        return {
-            "image_size": int(T.IMAGE_SIZE),
-            "logit_size": int(T.LOGIT_SIZE),
-            "pixel_mean": [float(v) for v in T.PIXEL_MEAN],
-            "pixel_std": [float(v) for v in T.PIXEL_STD],
-        }
-    except (ImportError, AttributeError):
-        return {
-            "image_size": _IMAGE_SIZE,
-            "logit_size": _LOGIT_SIZE,
-            "pixel_mean": list(_PIXEL_MEAN),
-            "pixel_std": list(_PIXEL_STD),
-        }
+    return {
+        "image_size": int(T.IMAGE_SIZE),
+        "logit_size": int(T.LOGIT_SIZE),
+        "pixel_mean": [float(v) for v in T.PIXEL_MEAN],
+        "pixel_std": [float(v) for v in T.PIXEL_STD],
+    }
 
 
 def onnx_metadata(

@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from sam_unet import ops
+from sam_unet.transforms import SUPPORTED_DTYPES
 
-# What the native preprocess reads in place (native byte order).
-NATIVE_DTYPES = ("uint8", "int16", "uint16", "int32", "float32", "float64")
+# What every native build reads in place (native byte order): the reference's dtypes. Builds
+# with ``ops.reads_natively`` read more (see reads_natively below).
+NATIVE_DTYPES = tuple(np.dtype(d).name for d in SUPPORTED_DTYPES)
 _CONVERT = {"bool": "uint8", "int8": "int16", "uint32": "float64", "int64": "float64",
             "uint64": "float64", "float16": "float32", "bfloat16": "float32"}
 
