@@ -1,20 +1,23 @@
 """Host volume, GPU engine: slabs through pinned double buffers, with copies that overlap
 compute. Slab ``i`` uses buffer set ``s = i % 2``:
 
-1. host: drain set ``s`` (wait for the download of slab i-2, scatter its masks into the output
-   volume), wait until the upload of slab i-2 has read ``pinned_in[s]``, gather slab i into it;
+1. host: wait until the upload of slab i-2 has read ``pinned_in[s]``, gather slab i into it;
 2. upload stream: wait until preprocess of slab i-2 has read ``device_in[s]``, copy
    ``device_in[s] <- pinned_in[s]``, record ``uploaded[s]``;
-3. compute stream: wait ``uploaded[s]``, preprocess -> images, record ``preprocessed[s]``;
-   the model step; postprocess -> ``device_out[s]``, record ``computed[s]``;
-4. download stream: wait ``computed[s]``, copy ``pinned_out[s] <- device_out[s]``, record
+3. compute stream: wait ``uploaded[s]``, preprocess -> images, record ``preprocessed[s]``; the
+   model step;
+4. host: drain set ``s`` (wait for the download of slab i-2, scatter its masks into the output
+   volume), so ``device_out[s]`` and ``pinned_out[s]`` are free;
+5. compute stream: postprocess -> ``device_out[s]``, record ``computed[s]``;
+6. download stream: wait ``computed[s]``, copy ``pinned_out[s] <- device_out[s]``, record
    ``downloaded[s]``.
 
 Uploads and downloads have their own streams, so the upload of slab i+1 never queues behind
 the download of slab i, and no buffer is written before the event of its last reader (checked on
-a simulated device by tests/test_pipeline_schedule.py). Device memory: two slabs in, two out,
-one image batch and the model's own: bounded for any number of slices. All stream, event and
-copy operations go through the :class:`~sam_unet.runtime.streams.StreamDevice`.
+a simulated device by tests/test_pipeline_schedule.py). The host may run up to two slabs ahead
+of the device. Device memory: two slabs in, two out, one image batch and the model's own:
+bounded for any number of slices. All stream, event and copy operations go through the
+:class:`~sam_unet.runtime.streams.StreamDevice`.
 """
 
 from __future__ import annotations
@@ -110,7 +113,6 @@ class PinnedPlacement(Placement):
     def load(self, slab: Slab) -> Any:
         d, s, n = self.dev, self.count % 2, slab.n
         self.set, self.count = s, self.count + 1
-        self._drain(s)
         d.host_wait(self.uploaded[s])  # the upload of slab i-2 has read pinned_in[s]
         host, axis = self.pinned_in[s].host, self.feed.geometry.axis
 
@@ -139,6 +141,7 @@ class PinnedPlacement(Placement):
 
     def store(self, slab: Slab, result: SlabResult) -> None:
         d, s, n = self.dev, self.set, slab.n
+        self._drain(s)  # slab i-2's download has read device_out[s]; pinned_out[s] is free
         outs = {c: b[s] for c, b in self.device_out.items()}
         arrays = {c: b.array for c, b in outs.items()}
         self._mark("postprocess", d.compute, lambda: d.launch(
