@@ -20,6 +20,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from sam_unet.runtime.backend_checks import (  # noqa: F401 - re-exported for callers
+    check_images,
+    check_inputs,
+    check_split_inputs,
+    run_in_chunks,
+)
+
 if TYPE_CHECKING:
     import torch
 
@@ -47,6 +54,18 @@ class Backend(Protocol):
     def describe(self) -> str: ...
 
 
+@runtime_checkable
+class SplitBackend(Backend, Protocol):
+    """A backend with ``can_split = True``: the encoder once per image, the decoder per box."""
+
+    can_split: bool
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def decode(self, image_embeddings: torch.Tensor, features: torch.Tensor,
+               boxes: torch.Tensor) -> torch.Tensor: ...
+
+
 def normalize_precision(precision: str) -> str:
     p = _PRECISION_ALIASES.get(str(precision).lower(), str(precision).lower())
     if p not in PRECISIONS:
@@ -60,68 +79,6 @@ def normalize_device(device) -> str:
     from sam_unet.runtime.devices import resolve_device
 
     return resolve_device(device, check=False)
-
-
-def check_images(images: torch.Tensor) -> int:
-    """Validate an image batch (B, 3, 256, 256) float; returns the batch size."""
-    import torch
-
-    if not isinstance(images, torch.Tensor):
-        raise TypeError("images must be a torch tensor")
-    if images.ndim != 4 or tuple(images.shape[1:]) != (3, 256, 256):
-        raise ValueError(f"images: expected shape (B, 3, 256, 256), got {tuple(images.shape)}")
-    if images.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"images: unsupported dtype {images.dtype} (float16/float32)")
-    return int(images.shape[0])
-
-
-def check_inputs(images: torch.Tensor, boxes: torch.Tensor) -> int:
-    """Validate shapes and dtypes; returns the batch size."""
-    import torch
-
-    if not isinstance(boxes, torch.Tensor):
-        raise TypeError("images and boxes must be torch tensors")
-    check_images(images)
-    if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"boxes: expected shape ({images.shape[0]}, 4) to match images, got "
-            f"{tuple(boxes.shape)}"
-        )
-    if not boxes.is_floating_point():
-        raise ValueError(f"boxes: expected a float tensor, got {boxes.dtype}")
-    return int(images.shape[0])
-
-
-def check_split_inputs(image_embeddings: torch.Tensor, features: torch.Tensor,
-                       boxes: torch.Tensor) -> int:
-    """Validate ``decode``'s inputs (4D float embeddings and features of one batch, (B, 4) float
-    boxes); returns the batch size."""
-    import torch
-
-    for name, t in (("image_embeddings", image_embeddings), ("features", features),
-                    ("boxes", boxes)):
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point torch tensor")
-    b = int(image_embeddings.shape[0])
-    if image_embeddings.ndim != 4 or features.ndim != 4 or features.shape[0] != b:
-        raise ValueError(
-            f"image_embeddings {tuple(image_embeddings.shape)} and features "
-            f"{tuple(features.shape)}: expected (B, C, 16, 16) and (B, C/8, 64, 64)"
-        )
-    if boxes.ndim != 2 or tuple(boxes.shape) != (b, 4):
-        raise ValueError(f"boxes: expected shape ({b}, 4), got {tuple(boxes.shape)}")
-    return b
-
-
-def run_in_chunks(fn, images, boxes, max_batch: int):
-    """Call ``fn`` on slices of at most ``max_batch`` and concatenate the logits."""
-    import torch
-
-    b = images.shape[0]
-    if b <= max_batch:
-        return fn(images, boxes)
-    outs = [fn(images[i : i + max_batch], boxes[i : i + max_batch]) for i in range(0, b, max_batch)]
-    return torch.cat(outs, dim=0)
 
 
 def make_backend(

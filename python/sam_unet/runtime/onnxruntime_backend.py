@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from sam_unet.runtime.backends import (
+from sam_unet.runtime.backend_checks import (
     check_images,
     check_inputs,
     check_split_inputs,

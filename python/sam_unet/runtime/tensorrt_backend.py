@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from sam_unet.runtime.backends import (
+from sam_unet.runtime.backend_checks import (
     check_images,
     check_inputs,
     check_split_inputs,

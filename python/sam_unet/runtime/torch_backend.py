@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from sam_unet.runtime.backends import (
+from sam_unet.runtime.backend_checks import (
     check_images,
     check_inputs,
     check_split_inputs,
