@@ -1,7 +1,8 @@
 """The ``sam-unet`` command line: a table of sub-commands, each living in its own module.
 
 Every command module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and keeps its
-heavy imports (torch, onnx) inside ``run`` so that ``sam-unet --help`` stays fast.
+heavy imports (torch, onnx) inside ``run`` so that ``sam-unet --help`` stays fast. Every parser
+uses :class:`HelpFormatter`, so ``--help`` shows each option's default.
 """
 
 from __future__ import annotations
@@ -14,24 +15,60 @@ import warnings
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("sam_unet.commands.demo", "segment the bundled MNI152 MRI end to end"),
-    "prepare": ("sam_unet.commands.prepare", "NIfTI volumes -> 2D training folders"),
-    "train": ("sam_unet.commands.train", "train SAM-UNet (one process or torchrun DDP)"),
-    "evaluate": ("sam_unet.commands.evaluate", "Dice/IoU of a checkpoint on test folders"),
-    "export": ("sam_unet.commands.export", "export a checkpoint to ONNX"),
-    "build-engine": ("sam_unet.commands.build_engine", "ONNX -> TensorRT FP16 engine"),
-    "segment": ("sam_unet.commands.segment", "segment NIfTI volumes into label NIfTI files"),
-    "bench": ("sam_unet.commands.bench", "benchmark the model, the ops and the pipeline"),
-    "info": ("sam_unet.commands.info", "print the build and runtime environment"),
+    "demo": ("sam_unet.commands.demo",
+             "try it: segment white matter in the bundled brain MRI (CPU, no download)"),
+    "segment": ("sam_unet.commands.segment",
+                "segment a volume file or a folder of them into label maps"),
+    "prepare": ("sam_unet.commands.prepare",
+                "turn your images and label volumes into a training dataset"),
+    "train": ("sam_unet.commands.train",
+              "train a model on a prepared dataset (CPU, one GPU or torchrun)"),
+    "evaluate": ("sam_unet.commands.evaluate",
+                 "measure Dice and IoU of a trained model on a dataset's test split"),
+    "export": ("sam_unet.commands.export", "export a trained model to ONNX for deployment"),
+    "build-engine": ("sam_unet.commands.build_engine",
+                     "build a TensorRT engine from an ONNX file (NVIDIA GPU)"),
+    "bench": ("sam_unet.commands.bench", "measure speed: the model, the ops, whole volumes"),
+    "info": ("sam_unet.commands.info",
+             "show what this install can use (CUDA, ONNX Runtime, TensorRT)"),
 }
+
+DESCRIPTION = """\
+Segment structures in CT, MRI and PET volumes with SAM-UNet, slice by slice, on the CPU or a GPU.
+Train a model for your own structure, export it, and run it on NIfTI files or folders."""
+
+EPILOG = """\
+examples:
+  sam-unet demo                                      try it on the bundled brain MRI
+  sam-unet segment -i scans/ -o masks/ --onnx model.onnx
+                                                     one <name>_seg.nii.gz per scan
+  sam-unet prepare --image ct.nii.gz --label liver.nii.gz -o data/liver
+  sam-unet train --data data/liver -o runs/liver
+  sam-unet COMMAND --help                            the options of one command"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` keeps the line breaks of descriptions and examples, and ends each option's
+    help with "(default: X)" unless its default is None, a flag's False/True, an empty list or
+    already spelled out in the help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("(default" in text or not action.option_strings or default is None
+                or default is argparse.SUPPRESS or default == []
+                or (action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction))):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from sam_unet import __version__
 
-    parser = argparse.ArgumentParser(prog="sam-unet", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="sam-unet", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"sam-unet {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (module_name, help_text) in COMMANDS.items():
         try:
             module = importlib.import_module(module_name)
@@ -39,10 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != module_name:
                 raise
             continue  # command not available in this build
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=_description(module, help_text),
+                           formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
+
+
+def _description(module, help_text: str) -> str:
+    """A command's ``--help`` text: its one-line help, then its module's ``EXAMPLES``."""
+    examples = getattr(module, "EXAMPLES", "").strip("\n")
+    text = f"{help_text[0].upper()}{help_text[1:]}."
+    return f"{text}\n\nexamples:\n{examples}" if examples else text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,28 +1,29 @@
-"""``sam-unet bench``: the benchmark suite, printed as a table and saved as JSON/Markdown/PNG.
-
-    sam-unet bench                                             # everything, sized for the device
-    sam-unet bench --parts ceilings,model --variant res34 --batches 1 32 64
-    sam-unet bench --parts model --configs tensorrt:fp16 --engine model.engine
-    sam-unet bench --parts pipeline --volume 512 512 300
-"""
+"""``sam-unet bench``: the benchmark suite, printed as a table and saved as JSON/Markdown/PNG
+(``EXAMPLES`` below, shown by ``--help``)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+EXAMPLES = """\
+  sam-unet bench                                   everything, sized for the device
+  sam-unet bench --parts ceilings,model --variant res34 --batches 1 32 64
+  sam-unet bench --parts model --configs tensorrt:fp16 --engine model.engine
+  sam-unet bench --parts pipeline --volume 512 512 300"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: cuda when torch sees one, else cpu)")
     parser.add_argument("--size", choices=["small", "full"], default=None,
                         help="small (CPU smoke sizes) or full (res34, batches 1/32/64, "
-                             "512x512x300 volumes); default: full on a GPU, small on the CPU")
+                             "512x512x300 volumes) (default: full on a GPU, small on the CPU)")
     parser.add_argument("--parts", default="ceilings,model,ops,pipeline",
-                        help="comma-separated subset of ceilings,model,ops,pipeline "
-                             "(default: all)")
-    parser.add_argument("--variant", default=None, help="model variant (default by size)")
+                        help="comma-separated subset of ceilings,model,ops,pipeline")
+    parser.add_argument("--variant", default=None, help="model variant (default: by --size)")
     parser.add_argument("--batches", type=int, nargs="+", default=None, metavar="B",
-                        help="model batch sizes (default by size)")
+                        help="model batch sizes (default: by --size)")
     parser.add_argument("--configs", nargs="+", default=None, metavar="BACKEND:PRECISION",
                         help="model configurations, e.g. torch:fp16 torch-compile:fp16 "
                              "onnxruntime:fp32 tensorrt:fp16 (default: torch fp16 and bf16 on "
@@ -30,12 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default=None,
                         help="TensorRT engine file for a tensorrt configuration")
     parser.add_argument("--volume", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
-                        help="end-to-end volume shape (default by size)")
+                        help="end-to-end volume shape (default: by --size)")
     parser.add_argument("--runs", type=int, default=None,
-                        help="timed runs per figure, the median is reported (default by size)")
+                        help="timed runs per figure, the median is reported (default: by --size)")
     parser.add_argument("-o", "--output", default="bench-results", help="output folder")
-    parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,5 @@
-"""``sam-unet build-engine``: ONNX -> TensorRT (FP16) engine, with profiles and caches.
-
-    sam-unet build-engine model.onnx -o model.engine --fp16 --profiles 1:1:1,1:32:64 \\
-        --timing-cache trt.cache
+"""``sam-unet build-engine``: ONNX -> TensorRT (FP16) engine, with profiles and caches
+(``EXAMPLES`` below, shown by ``--help``).
 
 Without ``-o`` the engine goes to the engine cache (``--cache-dir``, ``$SAM_UNET_ENGINE_CACHE``
 or ``~/.cache/sam_unet/engines``), named by a key over the ONNX sha256, GPU name and compute
@@ -13,21 +11,28 @@ from __future__ import annotations
 import argparse
 import time
 
+EXAMPLES = """\
+  sam-unet build-engine model.onnx -o model.engine --timing-cache trt.cache
+  sam-unet build-engine model.onnx                 into the engine cache, reused when up to date
+  sam-unet segment -i scans/ -o masks/ --engine model.engine"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("onnx", help="exported ONNX model (sam-unet export onnx)")
     parser.add_argument("-o", "--output", default=None,
-                        help="engine file (default: the engine cache); a JSON sidecar "
-                             "<engine>.json records what it was built for")
+                        help="engine file; a JSON sidecar <engine>.json records what it was built "
+                             "for (default: the engine cache)")
     parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
-                        help="FP16 engine with normalisation/softmax/reduce layers kept in FP32 "
-                             "(default; --no-fp16 builds FP32)")
+                        help="FP16 engine with normalisation/softmax/reduce layers kept in FP32; "
+                             "--no-fp16 builds FP32")
     parser.add_argument("--profiles", default="1:1:1,1:32:64",
-                        help="optimisation profiles MIN:OPT:MAX,... over the batch "
-                             "(default 1:1:1,1:32:64: interactive and volume)")
+                        help="optimisation profiles MIN:OPT:MAX,... over the batch (the default "
+                             "serves one slice at a time and whole volumes)")
     parser.add_argument("--timing-cache", default=None,
                         help="timing cache file, read if present and written back")
-    parser.add_argument("--cache-dir", default=None, help="engine cache folder (without -o)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="engine cache folder, without -o (default: "
+                             "$SAM_UNET_ENGINE_CACHE, else ~/.cache/sam_unet/engines)")
     parser.add_argument("--workspace-gib", type=float, default=None,
                         help="builder workspace limit in GiB (default: TensorRT's)")
     parser.add_argument("--fp32-layers", default="NORMALIZATION,SOFTMAX,REDUCE",

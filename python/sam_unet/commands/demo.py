@@ -14,16 +14,24 @@ import argparse
 import time
 from pathlib import Path
 
+EXAMPLES = """\
+  sam-unet demo                    segment the bundled brain MRI: mask, PNG montage, Dice
+  sam-unet demo --retrain          train the tiny demo model again first (about 6 minutes)
+  sam-unet demo -o out --quiet     only the Dice line"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", default="sam-unet-demo", help="output folder")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("-o", "--output", default="sam-unet-demo",
+                        help="output folder (mask, ONNX file, PNG montage)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: cuda when torch sees one, else cpu)")
     parser.add_argument("--retrain", action="store_true",
                         help="train the tiny demo model again from scratch (a few CPU minutes)")
     parser.add_argument("--threads", type=int, default=None,
                         help="--retrain: CPU threads (default: the cores not busy elsewhere)")
-    parser.add_argument("--checkpoint", default=None, help="use this checkpoint instead")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--checkpoint", default=None,
+                        help="use this checkpoint instead (default: the bundled tiny demo model)")
+    parser.add_argument("--quiet", action="store_true", help="print only the Dice line")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 

@@ -2,10 +2,8 @@
 
 By default each test mask is evaluated twice, side by side: with the full-slice box (what
 ``sam-unet segment`` gives a slice without a prompt, so the figure a user gets) and with the
-ground truth's box (an oracle prompt ``segment`` never has). Example::
-
-    sam-unet evaluate -c runs/mni/best.pt --data data/mni -o runs/mni/eval
-    sam-unet evaluate -c runs/mni/best.pt --data data/mni --prompt full
+ground truth's box (an oracle prompt ``segment`` never has). ``EXAMPLES`` below (shown by
+``--help``).
 """
 
 from __future__ import annotations
@@ -13,6 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+EXAMPLES = """\
+  sam-unet evaluate -c runs/mni/best.pt --data data/mni -o runs/mni/eval
+  sam-unet evaluate -c runs/mni/best.pt --data data/mni --prompt full"""
 
 PROMPT_CHOICES = {"both": ("full", "box"), "full": ("full",), "box": ("box",)}
 
@@ -22,16 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="+", required=True,
                         help="dataset folder(s) with a test/ split (zero-shot folders too)")
     parser.add_argument("--prompt", choices=tuple(PROMPT_CHOICES), default="both",
-                        help="both (default: full-slice and true-label box side by side), "
-                             "full (the whole slice as the box, as segment runs without a "
-                             "prompt) or box (the ground truth's largest-component box)")
-    parser.add_argument("--variant", help="force the model variant")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--batch-images", type=int, default=4)
-    parser.add_argument("--max-images", type=int)
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("-o", "--out", help="folder for evaluation.json / evaluation.md")
-    parser.add_argument("--quiet", action="store_true")
+                        help="both: full-slice and true-label box side by side; full: the whole "
+                             "slice as the box, as segment runs without a prompt; box: the "
+                             "ground truth's largest-component box")
+    parser.add_argument("--variant", help="force the model variant (default: the checkpoint's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-images", type=int, default=4, help="images per model call")
+    parser.add_argument("--max-images", type=int,
+                        help="evaluate only the first N test images (default: all)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("-o", "--out",
+                        help="folder for evaluation.json and evaluation.md (default: print only)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress; print the overall figures as one JSON line")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 

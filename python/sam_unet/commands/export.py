@@ -1,8 +1,5 @@
-"""``sam-unet export onnx``: a checkpoint -> ONNX (opset >= 17, dynamic batch, metadata).
-
-    sam-unet export onnx --checkpoint CKPT [--variant res34] -o model.onnx [--verify]
-    sam-unet export onnx --checkpoint published.pt --prompt-mode box -o model.onnx
-    sam-unet export onnx --random-init --variant tiny -o tiny.onnx     # testing only
+"""``sam-unet export onnx``: a checkpoint -> ONNX (opset >= 17, dynamic batch, metadata);
+``EXAMPLES`` below (shown by ``--help``).
 
 The file records how the model must be fed (``sam_unet.model_info``: variant, normalization,
 window, slice axis, prompt mode, label names) from the checkpoint; ``--normalize``, ``--window``,
@@ -15,6 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+
+EXAMPLES = """\
+  sam-unet export onnx --checkpoint runs/mni/best.pt -o model.onnx --verify
+  sam-unet export onnx --checkpoint published.pt --prompt-mode box --label 1=liver -o model.onnx
+  sam-unet export onnx --random-init --variant tiny -o tiny.onnx     testing only"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,16 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="res34 | res50 | tiny (default: from the checkpoint; res34 with "
                              "--random-init)")
     parser.add_argument("-o", "--output", required=True, help="output .onnx file")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17; default 17)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     parser.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"],
-                        help="torch.onnx exporter (auto: torchscript, then dynamo)")
+                        help="torch.onnx exporter (auto: torchscript, then dynamo if that fails)")
     parser.add_argument("--verify", action="store_true",
                         help="run the graph in ONNX Runtime (CPU) on random inputs and fail if "
                              "the logits differ from PyTorch by more than --rtol")
     parser.add_argument("--rtol", type=float, default=1e-4,
                         help="relative error limit for --verify (max|diff|/max|ref|)")
     parser.add_argument("--verify-batches", default="1,3",
-                        help="batch sizes --verify runs (comma separated; default 1,3)")
+                        help="batch sizes --verify runs (comma separated)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init and --verify")
     info = parser.add_argument_group("model info (default: what the checkpoint records)")
     info.add_argument("--normalize", choices=["slice-minmax", "window"],

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+EXAMPLES = """\
+  sam-unet info          CUDA compiled in and visible, torch, ONNX Runtime, TensorRT versions
+  sam-unet info --json"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")

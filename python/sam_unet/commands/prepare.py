@@ -1,11 +1,6 @@
 """``sam-unet prepare``: NIfTI (image, label) volumes -> 2D training folders (published layout).
 
-Examples::
-
-    sam-unet prepare --image t1.nii.gz --label wm.nii.gz --label-threshold 127.5 \\
-        --test-slices every:5 -o data/mni
-    sam-unet prepare --images-dir imagesTr --labels-dir labelsTr --modality ct -o data/ct
-    sam-unet prepare --sammed2d-root SAMed2Dv1 -o data/sammed2d   # split an SA-Med2D release
+``EXAMPLES`` below (shown by ``--help``).
 """
 
 from __future__ import annotations
@@ -13,6 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+EXAMPLES = """\
+  sam-unet prepare --image t1.nii.gz --label wm.nii.gz --label-threshold 127.5 \\
+      --test-slices every:5 -o data/mni
+  sam-unet prepare --images-dir imagesTr --labels-dir labelsTr --modality ct -o data/ct
+  sam-unet prepare --sammed2d-root SAMed2Dv1 -o data/sammed2d    split an SA-Med2D release"""
 
 # Kept here so that --help does not import numpy (sam_unet.data.prepare holds the same values).
 DEFAULT_MIN_FOREGROUND_RATIO = 100 / 65536
@@ -32,38 +33,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--sammed2d-json", default="SAMed2D_v1.json",
                      help="its image -> masks JSON (relative to the root)")
     src.add_argument("--link", choices=("symlink", "hardlink", "copy"), default="symlink",
-                     help="how SA-Med2D files are placed (default symlink)")
+                     help="how SA-Med2D files are placed")
     src.add_argument("--modalities", help="comma-separated SA-Med2D modalities to keep")
     parser.add_argument("-o", "--out", required=True, help="output dataset folder")
-    parser.add_argument("--modality", default="mr", help="modality tag in file names (mr)")
-    parser.add_argument("--dataset", help="dataset name in file names (default: output name)")
+    parser.add_argument("--modality", default="mr", help="modality tag in file names")
+    parser.add_argument("--dataset",
+                        help="dataset name in file names (default: the output folder's name)")
     parser.add_argument("--axis", type=int, default=-1,
-                        help="slice axis after canonical (RAS) reorientation (default -1)")
+                        help="slice axis after canonical (RAS) reorientation: 0 sagittal, "
+                             "1 coronal, 2 or -1 axial")
     parser.add_argument("--normalize", choices=("slice-minmax", "window"), default="slice-minmax",
-                        help="8-bit intensity mode, as the engine (default slice-minmax)")
+                        help="8-bit intensity mode, as the engine")
     parser.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"),
                         help="intensity window (clip), e.g. -160 240 for abdominal CT")
     parser.add_argument("--min-foreground-ratio", type=float, default=DEFAULT_MIN_FOREGROUND_RATIO,
                         help="a mask is kept when its area exceeds this fraction of the slice "
-                             "(default 100/65536)")
+                             "(default: 100/65536, 100 pixels of a 256x256 slice)")
     parser.add_argument("--components", action="store_true",
                         help="one mask per connected component (default: per label value)")
-    parser.add_argument("--labels", help="comma-separated label values to keep (default all)")
+    parser.add_argument("--labels", help="comma-separated label values to keep (default: all)")
     parser.add_argument("--label-threshold", type=float, metavar="T",
                         help="binarise the label volume as value > T (probability maps, e.g. "
                              "0.5 for 0..1 or 127.5 for 0..255)")
     parser.add_argument("--max-labels", type=int, default=DEFAULT_MAX_LABELS, metavar="N",
                         help="refuse a label volume with more than N distinct values, as a "
-                             f"probability map (default {DEFAULT_MAX_LABELS})")
+                             "probability map")
     parser.add_argument("--keep-empty", action="store_true",
                         help="keep every slice, writing empty masks too (full-slice prompts)")
     parser.add_argument("--test-fraction", type=float, default=0.2,
-                        help="fraction of VOLUMES held out for test (default 0.2)")
-    parser.add_argument("--test-volumes", help="comma-separated volume names for test")
+                        help="fraction of VOLUMES held out for test")
+    parser.add_argument("--test-volumes",
+                        help="comma-separated volume names for test (default: drawn by "
+                             "--test-fraction)")
     parser.add_argument("--test-slices", metavar="SPEC",
                         help="one volume only: hold out slices 'every:N[:OFFSET]' or "
                              "'range:A:B' (NOT a patient-level split)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the train/test draw")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

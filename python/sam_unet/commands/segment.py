@@ -21,6 +21,12 @@ from pathlib import Path
 
 PROG = "sam-unet segment"
 
+EXAMPLES = """\
+  sam-unet segment -i ct.nii.gz -o masks/ --onnx model.onnx       masks/ct_seg.nii.gz
+  sam-unet segment -i scans/ -o masks/ --checkpoint best.pt --continue
+  sam-unet segment -i ct.nii.gz -o ct_liver.nii.gz --onnx model.onnx \\
+      --box 100 80 20 180 160 60                         a 3D box prompt, voxels of the file"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", required=True,
@@ -37,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--engine", help="TensorRT engine file")
     parser.add_argument("--backend", default="auto",
                         choices=["auto", "torch", "onnxruntime", "tensorrt"],
-                        help="inference backend (default: auto)")
+                        help="inference backend (default: auto: TensorRT for --onnx on a GPU "
+                             "with TensorRT, else ONNX Runtime for --onnx, torch for "
+                             "--checkpoint)")
     parser.add_argument("--variant", default=None,
                         help="model variant if the checkpoint lacks it (default: the "
                              "checkpoint's); with --onnx, the variant the file must hold")
@@ -47,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N (default: cuda when torch sees one, else cpu)")
     parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
-                        help="(default: fp16 on CUDA, fp32 on the CPU)")
+                        help="model precision (default: fp16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"), default=None,
                         help="intensity window (default: the model file's, else none)")
     parser.add_argument("--normalize", default=None, choices=["slice-minmax", "window"],
