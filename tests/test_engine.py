@@ -242,7 +242,7 @@ def test_3d_box_computes_only_its_slices(model):
 
 
 def test_2d_box_frame_is_the_array_axes():
-    """DESIGN 8: a 2D box (x0, y0, x1, y1) has x over the first remaining array axis; in the
+    """A 2D box (x0, y0, x1, y1) has x over the first remaining array axis; in the
     model's frame x is the image column (the second remaining axis)."""
     geo = SliceGeometry.of((40, 20, 7), 2)  # slices (H, W) = (40, 20) -> (h', w') = (256, 128)
     assert geo.resized == (256, 128)

@@ -149,7 +149,7 @@ def _mni_crop(tmp_path, z=slice(88, 92)):
 
 
 def test_probability_map_label_is_refused(tmp_path, capsys):
-    """#12: a probability map given as the label would make one "label" per gray value."""
+    """A probability map given as the label would make one "label" per gray value."""
     t1, wm = _mni_crop(tmp_path)
     n_values = len(np.unique(np.asarray(nib.load(wm).dataobj))) - 1
     assert n_values > 128

@@ -134,7 +134,7 @@ def preprocess(
         out: (n, 3, 256, 256) float16, bfloat16 or float32 C-contiguous buffer on the volume's
             device.
         z0, n: the run of slices.
-        axis: slicing axis (negative allowed); see "Slice geometry" in docs/internal-api.md.
+        axis: slicing axis (negative allowed); see "Frames" in docs/architecture.md.
         mode: ``"slice-minmax"`` or ``"window"`` (which needs ``window``).
         window: optional (lo, hi) clip applied first.
         stream: CUDA stream handle (int) for device arrays; default the current stream of the

@@ -1,6 +1,6 @@
 """Reference semantics (NumPy/PyTorch) of pre/postprocessing and box scaling.
 
-This module is the specification in code of DESIGN.md section 3; the C++ CPU and CUDA ops in
+This module is the specification in code of the pre/postprocessing; the C++ CPU and CUDA ops in
 :mod:`sam_unet.ops` are tested against it. It favours clarity over speed, but is vectorised
 enough to serve as the baseline of ``benchmarks/bench_ops.py``.
 
@@ -135,7 +135,7 @@ def _norm_axis(axis: int, ndim: int = 3) -> int:
 
 
 def slice_shape(volume_shape: Sequence[int], axis: int = -1) -> tuple[int, int]:
-    """(H, W) of a slice along ``axis`` (see 'Slice geometry' in docs/internal-api.md)."""
+    """(H, W) of a slice along ``axis`` (see "Frames" in docs/architecture.md)."""
     ax = _norm_axis(axis, len(volume_shape))
     rest = [int(s) for i, s in enumerate(volume_shape) if i != ax]
     return rest[0], rest[1]

@@ -1,9 +1,9 @@
 // Plain C++ API of the volume pre/postprocessing ops (no framework types): raw pointers, sizes,
 // strides in elements (any sign) and, for CUDA, the caller's cudaStream_t.
 //
-// Semantics: DESIGN.md section 3; the reference is python/sam_unet/transforms.py.
+// Semantics: the reference is python/sam_unet/transforms.py (the tests hold these ops to it).
 // Slice k along `axis` of a (X, Y, Z) volume is the 2D image of the two remaining axes in order
-// (docs/internal-api.md, "Slice geometry").
+// (docs/architecture.md, "Frames").
 #pragma once
 
 #include <cstddef>

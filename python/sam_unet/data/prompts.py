@@ -6,7 +6,7 @@ the mask's largest component; the full-slice box for an empty mask), "full" (alw
 full-slice box: a model that runs without prompts) and "both" (each mask gets one of the two,
 see :func:`prompt_kinds_for`: the model answers the full-slice box and a tight box).
 
-Box convention (see docs/internal-api.md, "prompts"): (x0, y0, x1, y1) with x along columns
+Box convention (see docs/architecture.md, "Frames"): (x0, y0, x1, y1) with x along columns
 (W) and y along rows (H), inclusive pixel indices, so a mask covering one pixel (r, c) has the
 box (c, r, c, r). The full-slice box of a resized slice of size (h', w') in the 256 frame is
 (0, 0, w' - 1, h' - 1).

@@ -236,7 +236,7 @@ class Engine:
                   batch_size: int | None = None, **options: Any) -> Any:
         """Follow the structure boxed on one slice through the volume -> uint8 mask of the
         volume's shape and kind. ``box``: a 2D box (x0, y0, x1, y1) (x over the first remaining
-        axis, DESIGN 8) or a 2D mask of the slice; options: margin (voxels, default 3),
+        axis, y over the second) or a 2D mask of the slice; options: margin (voxels, default 3),
         min_area (voxels, default 16), direction ("both", "forward", "backward"), lookahead.
         See :mod:`sam_unet.runtime.propagate`; ``engine.last_propagation`` is its report."""
         session = self.session(volume, axis=axis, window=window, normalize=normalize,
@@ -262,7 +262,7 @@ class Engine:
             from the model's metadata is used but warned about (UserWarning).
         boxes: None (full-slice box), a 3D box (x0, y0, z0, x1, y1, z1) in voxels over axes
             0, 1, 2, per-slice 2D boxes (S, 4) (NaN rows skipped) or a dict {slice: box} with
-            x over the first remaining axis and y over the second (DESIGN 8), or a coarse mask
+            x over the first remaining axis and y over the second, or a coarse mask
             volume (also as ``box_mask``): each slice gets its largest component's box.
             A model whose metadata says prompt mode "box" needs one (ValueError otherwise).
         batch_size: slices per slab (default ``engine.batch_size``; buffers never exceed the

@@ -95,8 +95,8 @@ class WholeModelStep:
 
 def logit_map(logits: Any, geo: SliceGeometry) -> Any:
     """(m, 1, 64, 64) logits -> (m, H, W) float32 logits at slice resolution: the float map
-    whose ``> 0`` is the mask (DESIGN 3: bilinear to 256, crop to (h', w'), bilinear to
-    (H, W), align_corners=False, no antialias)."""
+    whose ``> 0`` is the mask (as ``transforms.postprocess_logits``: bilinear to 256, crop to
+    (h', w'), bilinear to (H, W), align_corners=False, no antialias)."""
     import torch.nn.functional as F
 
     up = F.interpolate(logits.float(), size=(256, 256), mode="bilinear", align_corners=False)

@@ -1,8 +1,8 @@
 """The plan of a segmentation: slice geometry computed once, the slices to compute, and each
 slice's box already in the model's 256 frame; cut into slabs of at most B slices.
 
-Slice geometry (DESIGN 3 and 8): a volume of shape (X, Y, Z) sliced along ``axis`` gives 2D
-slices whose rows run along the first remaining axis (H) and columns along the second (W):
+Slice geometry: a volume of shape (X, Y, Z) sliced along ``axis`` gives 2D slices whose rows
+run along the first remaining axis (H) and columns along the second (W):
 ``axis=2`` gives ``vol[:, :, k]`` with H = X, W = Y. The model sees each slice resized so its
 longest side is 256: (h', w') = ``transforms.resized_shape(H, W)``. This module is the only place
 that computes these numbers for the engine.

@@ -11,7 +11,7 @@ A prompt for a volume is one of:
 - a coarse mask volume of the volume's shape: each slice with foreground gets the bounding box
   of its largest 8-connected component; empty slices are not computed.
 
-2D boxes (DESIGN 8): ``x`` runs over the first of the two remaining array axes and ``y`` over
+2D boxes: ``x`` runs over the first of the two remaining array axes and ``y`` over
 the second, corners inclusive: on axial slices of an (X, Y, Z) volume x is axis 0 and y axis 1,
 the same letters as the 3D box. A mask covering only voxel ``vol[i, j, k]`` has the 2D box
 (i, j, i, j) on slice k. The engine converts to the model's frame (x = image column) itself.
