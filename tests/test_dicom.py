@@ -70,8 +70,11 @@ def series_dir(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- pydicom's files
-@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "693_J2KI.dcm",
+                                  "J2K_pixelrep_mismatch.dcm"])
 def test_pydicom_files_match_simpleitk_and_modality_lut(name):
+    """pydicom's CT and MR files (two 512x512 CTs in JPEG 2000, one oblique) against
+    SimpleITK's reader (GDCM) and pydicom's modality LUT."""
     path = get_testdata_file(name)
     vol = load_dicom_series(path)
     ds = pydicom.dcmread(path)
@@ -79,7 +82,7 @@ def test_pydicom_files_match_simpleitk_and_modality_lut(name):
     got = vol.to_original(vol.data)
     assert got.shape == (ds.Columns, ds.Rows, 1)
     np.testing.assert_array_equal(got[:, :, 0].T, expected)
-    assert vol.data.dtype == np.int16  # CT: -1024 intercept kept exact in int16
+    assert vol.data.dtype == np.int16  # CT: the -1024 intercept kept exact in int16
     img = sitk.ReadImage(path)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(img)[0], got[:, :, 0].T)
     # one slice: SimpleITK's slice spacing is its own default; compare the in-plane geometry
@@ -107,9 +110,9 @@ def test_encodings_of_mr_small_read_the_same(name):
 
 
 def test_undecodable_compression_names_the_extra(tmp_path):
-    """12-bit JPEG (pydicom's JPEG-lossy.dcm, given a geometry): decoded where a plugin can,
-    otherwise one line naming the optional extra."""
-    ds = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))
+    """12-bit JPEG (pydicom's JPGExtended.dcm, given a geometry): decoded where a plugin can
+    (the dicom-compressed extra), otherwise one line naming that extra."""
+    ds = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
     ds.ImagePositionPatient = [0, 0, 0]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.PixelSpacing = [0.5, 0.5]
@@ -120,7 +123,7 @@ def test_undecodable_compression_names_the_extra(tmp_path):
         with pytest.raises(DicomError) as err:
             load_dicom_series(tmp_path)
         text = str(err.value)
-        assert "lossy.dcm" in text and "JPEG Extended" in text
+        assert "lossy.dcm" in text and "JPEG Extended" in text and "\n" not in text
         assert "pip install 'sam-unet[dicom-compressed]'" in text
         return
     vol = load_dicom_series(tmp_path)

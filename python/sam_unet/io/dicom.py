@@ -23,9 +23,9 @@ Rules (each refusal is a :class:`DicomError` naming the input, the reason and th
 - Enhanced multi-frame CT/MR (and other multi-frame images with per-frame functional groups):
   each frame's position from PerFrameFunctionalGroupsSequence, orientation, pixel measures and
   rescale from the per-frame or the shared functional groups.
-- Compressed transfer syntaxes decode through pydicom's plugins; JPEG baseline, JPEG-LS, JPEG
-  2000 and RLE work with the base install of most systems, the rest (12-bit JPEG, JPEG
-  lossless) need the ``dicom-compressed`` extra: the error says so.
+- Compressed transfer syntaxes decode through pydicom's plugins: RLE always, 8-bit JPEG and
+  JPEG 2000 through Pillow, JPEG-LS through pyjpegls (a highdicom dependency); 12-bit JPEG and
+  JPEG lossless need the ``dicom-compressed`` extra (pylibjpeg): the error says so.
 - Gantry tilt (slice positions stepping off the normal by a constant in-plane shift) is kept
   exactly, with a sheared affine (stored in the NIfTI sform; :attr:`DicomVolume.tilt_degrees`
   says by how much). Missing slices, irregular spacing, images sharing a position (several
@@ -517,11 +517,28 @@ def _decode(ds: Any, name: str) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - pydicom's plugins raise many types
         reason = " ".join(str(exc).split())
         if tsuid is not None and tsuid.is_compressed:
+            plugins = _decoder_plugins(tsuid)
+            if not plugins:
+                raise DicomError(
+                    f"{name}: pixel data compressed as {tsuid.name}, and no installed decoder "
+                    f"reads it; install the decoders: {COMPRESSED_EXTRA}") from exc
             raise DicomError(
-                f"{name}: cannot decode pixel data compressed as {tsuid.name} ({reason}); "
-                f"install the decoders: {COMPRESSED_EXTRA}") from exc
+                f"{name}: cannot decode pixel data compressed as {tsuid.name} with the "
+                f"installed decoders ({', '.join(plugins)}: {reason}); install more decoders "
+                f"({COMPRESSED_EXTRA}) or, if they are installed, the file is damaged: export "
+                "it again") from exc
         raise DicomError(f"{name}: cannot read the pixel data ({type(exc).__name__}: {reason});"
                          " the file is truncated or damaged: copy or export it again") from exc
+
+
+def _decoder_plugins(tsuid: Any) -> tuple[str, ...]:
+    """Names of the installed pydicom plugins that decode ``tsuid`` (empty if none)."""
+    try:
+        from pydicom.pixels import get_decoder
+
+        return tuple(get_decoder(tsuid).available_plugins)
+    except Exception:  # noqa: BLE001 - no decoder class at all for this transfer syntax
+        return ()
 
 
 def _result_dtype(stored: np.dtype, images: list[_Image], lo: float, hi: float) -> np.dtype:
