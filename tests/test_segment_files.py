@@ -24,6 +24,9 @@ from sam_unet.runtime.files import segment_file
 
 DEMO_CKPT = Path(__file__).resolve().parents[1] / "python" / "sam_unet" / "assets" / "demo_tiny.pt"
 
+# small volumes: one intra-op thread is fastest, and fair to the other processes on the machine
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module")
 def small_ckpt(tmp_path_factory):
@@ -210,6 +213,7 @@ def test_torchrun_shards_folder(tmp_path, small_ckpt, mni_crop):
     assert "rank 1 segmented 2" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEMO_CKPT.is_file(), reason="demo checkpoint not built yet")
 def test_mni_torch_and_onnxruntime_agree(tmp_path):
     from sam_unet.export.onnx import export_onnx
