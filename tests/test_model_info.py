@@ -218,6 +218,24 @@ def test_onnx_of_another_model_refused_unless_forced(files):
         Engine.from_onnx(odd, device="cpu")
 
 
+def test_engine_file_model_info_from_its_sidecar(files, tmp_path):
+    """A TensorRT engine knows how its model is fed from its sidecar (written at build time),
+    or from the ONNX file it was built from while that is still there."""
+    import json
+
+    from sam_unet.runtime.engine import _engine_model_info
+
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"serialised engine")
+    sidecar = tmp_path / "m.engine.json"
+    sidecar.write_text(json.dumps({"model_info": files["info"].to_json()}))
+    assert _engine_model_info(engine) == files["info"]
+    sidecar.write_text(json.dumps({"onnx_path": str(files["onnx_a"])}))  # an older sidecar
+    assert _engine_model_info(engine) == files["info"]
+    sidecar.write_text(json.dumps({"onnx_path": str(tmp_path / "gone.onnx")}))
+    assert _engine_model_info(engine) is None
+
+
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "empty"])
 def test_unreadable_onnx_file_is_a_clear_error(files, tmp_path, kind):
     path = tmp_path / f"{kind}.onnx"
@@ -253,7 +271,7 @@ def test_cli_segment_onnx_metadata_and_force(files, tmp_path, capsys):
     garbage.write_bytes(b"\x00" * 100)
     assert cli.main([*args, "--onnx", str(garbage)]) == 1
     err = capsys.readouterr().err
-    assert "is not a valid ONNX model" in err and "Traceback" not in err
+    assert "not a valid ONNX model" in err and "Traceback" not in err
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         assert cli.main([*args, "--onnx", str(files["bare"]), "--force"]) == 0
