@@ -228,3 +228,37 @@ def test_fp16_cuda_on_mni(mri):
     report = precision_report(model, "cuda", images, boxes, resized, original)
     print_report(f"cuda {getattr(model, 'variant', '?')}", report)
     assert report["fp16"]["agreement"] >= 0.995
+
+
+@pytest.mark.slow
+def test_engine_half_precisions_cpu_on_mni():
+    """The whole engine (not just the backend) in fp16 and bf16: preprocess writes what the op
+    can (float16 for fp16, float32 for bf16, cast once by the backend), a partial last slab, and
+    masks that agree with fp32 where the logit is not ~0."""
+    import nibabel as nib
+
+    from sam_unet.checkpoints import load_model
+    from sam_unet.runtime.engine import Engine
+    from sam_unet.runtime.prompts import StructurePrompt
+
+    volume = np.asarray(nib.as_closest_canonical(nib.load(str(MNI))).dataobj)[:, :, 80:84]
+    model = load_model(DEMO_CKPT).eval()
+
+    def engine(precision):
+        backend = make_backend("torch", model=model, device="cpu", precision=precision,
+                               max_batch=3)
+        return Engine(backend, batch_size=3)
+
+    ref = engine("fp32")
+    mask = ref.segment(volume)
+    _, logits = ref.segment_structures(volume, [StructurePrompt("fg", 1)], return_scores=True)
+    assert mask.mean() > 0.05
+    for precision, tol, worst in (("fp16", 0.1, 1e-3), ("bf16", 1.0, 5e-3)):
+        eng = engine(precision)
+        got = eng.segment(volume)
+        assert eng.last_stats.slabs == 2 and eng.last_stats.slices == 4  # 3 + a partial 1
+        differ = got != mask
+        print(f"\n[cpu engine {precision}] {differ.mean():.2e} of voxels differ from fp32, "
+              f"max |logit| there {np.abs(logits[differ]).max() if differ.any() else 0:.3g}")
+        assert not (differ & (np.abs(logits) >= tol)).any()
+        assert differ.mean() <= worst
