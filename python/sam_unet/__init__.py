@@ -8,6 +8,8 @@ Public API (imported lazily so that ``import sam_unet`` stays cheap):
 - :func:`segment_file` -- NIfTI in, uint8 label NIfTI out.
 - :func:`segment_image` / :func:`segment_dicom` -- a nibabel image / a DICOM series (folder,
   zip or file) in memory -> a nibabel label image (optionally a DICOM SEG too).
+- :class:`ModelInfo` -- how a model file says its model must be fed (``engine.model_info``).
+- :func:`resolve_device` -- "auto" / "cpu" / "cuda" / "cuda:N" -> the device everything uses.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ _LAZY = {
     "segment_file": ("sam_unet.runtime.files", "segment_file"),
     "segment_image": ("sam_unet.runtime.images", "segment_image"),
     "segment_dicom": ("sam_unet.runtime.images", "segment_dicom"),
+    "ModelInfo": ("sam_unet.model_info", "ModelInfo"),
+    "resolve_device": ("sam_unet.runtime.devices", "resolve_device"),
 }
 
 __all__ = ["__version__", *_LAZY]
