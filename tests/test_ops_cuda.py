@@ -276,7 +276,7 @@ def test_scratch_memory_comes_from_torch() -> None:
 
 
 def test_mixed_sizes_past_one_launch() -> None:
-    """Per-slice sizes travel by value in launches of 1024 slices: 1100 slices of mixed sizes."""
+    """Per-slice sizes travel by value in launches of 256 slices: 1100 slices of mixed sizes."""
     n = 1100
     logits = np.random.default_rng(4).normal(0, 3, (n, 1, 64, 64)).astype(np.float32)
     combos = np.array([[256, 200], [7, 256], [256, 1], [131, 256], [256, 256]], np.int32)

@@ -295,7 +295,7 @@ __device__ __forceinline__ float load_logit<__nv_bfloat16>(const __nv_bfloat16* 
 
 // Per-slice (h', w') of one postprocess launch of slices of mixed sizes, passed by value (no
 // device memory, no copy): ((h' - 1) << 8) | (w' - 1).
-constexpr int kSizesPerLaunch = 1024;
+constexpr int kSizesPerLaunch = 256;
 struct SliceSizes {
   uint16_t hw[kSizesPerLaunch];
 };
