@@ -394,6 +394,7 @@ def _bad_files(folder: Path, data: np.ndarray, affine: np.ndarray) -> dict[str, 
     nib.save(nib.Nifti1Image(data, affine), good)
     good.write_bytes(good.read_bytes()[:-400])
     (folder / "text.nii").write_text("not an image\n")
+    (folder / "misnamed.nii").write_bytes((folder / "series.nii.gz").read_bytes())
     return {
         "complex.nii": "complex-valued data (complex64) is not an intensity image; save its "
                        "magnitude",
@@ -403,6 +404,7 @@ def _bad_files(folder: Path, data: np.ndarray, affine: np.ndarray) -> dict[str, 
         "nan.nii": "NaN or Inf",
         "truncated.nii.gz": "cannot read the image data (EOFError",
         "text.nii": "cannot read the NIfTI header",
+        "misnamed.nii": "gzip-compressed although named .nii; rename it to misnamed.nii.gz",
     }
 
 
@@ -465,6 +467,10 @@ def test_input_errors_are_one_line(tmp_path, crop, capsys):
          f"{tmp_path / 'notes.txt'}: not a supported input"),
         (["-i", str(a), "-o", str(tmp_path / "o"), "--batch-size", "0"],
          "--batch-size 0: must be >= 1"),
+        (["-i", str(a), "-o", str(tmp_path / "notes.txt")],
+         f"{a}: -o {tmp_path / 'notes.txt'} is an existing file that is not a NIfTI name"),
+        (["-i", str(a), "-o", str(tmp_path / "o"), "--normalize", "window"],
+         "--normalize window: needs a window and the model file records none; give --window"),
     ]
     for args, fragment in cases:
         rc, out, err = _run([*args, "--checkpoint", str(DEMO)], capsys)

@@ -216,6 +216,12 @@ def run(args: argparse.Namespace) -> int:
             return 1
         if not args.quiet:
             print(f"[rank {rank}/{world}] {engine.describe()}", file=sys.stderr)
+        info = getattr(engine, "model_info", None)
+        if args.normalize == "window" and args.window is None and getattr(info, "window",
+                                                                           None) is None:
+            print(f"{PROG}: error: --normalize window: needs a window and the model file "
+                  "records none; give --window LO HI", file=sys.stderr)
+            return 2
 
         # 5. file by file: a bad file is named with its reason, the others go on
         bar = tqdm(todo, disable=args.quiet, unit="vol", desc=f"segment[{rank}]")

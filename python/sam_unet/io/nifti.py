@@ -136,6 +136,22 @@ def _raw_datatype(path: Path) -> int | None:
     return None
 
 
+def _compression_mismatch(path: Path) -> str:
+    """What is wrong when the name and the gzip compression disagree ("" when they agree)."""
+    try:
+        with open(path, "rb") as fh:
+            gzipped = fh.read(2) == b"\x1f\x8b"
+    except OSError:
+        return ""
+    named_gz = path.name.lower().endswith(".gz")
+    if gzipped and not named_gz:
+        return f"gzip-compressed although named .nii; rename it to {path.name}.gz"
+    if named_gz and not gzipped:
+        return (f"not gzip-compressed although named .nii.gz; rename it to "
+                f"{path.name[:-3]}")
+    return ""
+
+
 def _reads_natively(array: np.ndarray) -> bool | None:
     """``sam_unet.ops.reads_natively(array)``, or None where the ops do not say."""
     try:
@@ -216,13 +232,16 @@ def load_nifti(
         code = _raw_datatype(path)
         if code in _UNREADABLE_CODES:
             raise NiftiError(f"{path}: {_UNREADABLE_CODES[code]}") from exc
+        misnamed = _compression_mismatch(path)
+        if misnamed:
+            raise NiftiError(f"{path}: {misnamed}") from exc
         raise NiftiError(
             f"{path}: cannot read the NIfTI header ({_exc_text(exc, path)}); the file is "
             "not a NIfTI-1/2 image or is damaged: export or copy it again"
         ) from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise NiftiError(f"{path}: not a single-file NIfTI image ({type(img).__name__}); save "
-                         "it as .nii or .nii.gz")
+        raise NiftiError(f"{path}: a {type(img).__name__} file, not a NIfTI-1/2 volume; give "
+                         "a 3D NIfTI image")
     stored = np.dtype(img.get_data_dtype())
     if stored.fields is not None:
         raise NiftiError(f"{path}: RGB color data ({len(stored.fields)} channels per voxel); "

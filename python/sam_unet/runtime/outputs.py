@@ -98,6 +98,9 @@ def plan_jobs(input_path: str | os.PathLike, output: str | os.PathLike) -> list[
                               "or a folder of them); convert it to NIfTI")
         sources = [input_path]
         many = False
+        if output.exists() and not output.is_dir() and not is_nifti_path(output):
+            raise OutputError(f"{input_path}: -o {output} is an existing file that is not a "
+                              "NIfTI name; give an output .nii/.nii.gz name or a folder")
     jobs = [Job(s, {"labels": label_output(s, output, many=many)}) for s in sources]
     seen: dict[Path, Path] = {}
     for job in jobs:
