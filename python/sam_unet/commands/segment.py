@@ -30,7 +30,11 @@ EXAMPLES = """\
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", required=True,
-                        help="a .nii/.nii.gz file (NIfTI-1 or -2), or a folder of them")
+                        help="a .nii/.nii.gz file (NIfTI-1 or -2), a .nrrd/.nhdr/.mha/.mhd "
+                             "file (needs the sitk extra), a DICOM series (a folder, a zip or "
+                             "one multi-frame file; slices ordered by position; gantry tilt "
+                             "kept as a sheared affine, missing slices refused), or a folder "
+                             "of any of these")
     parser.add_argument("-o", "--output", required=True,
                         help="for a folder of inputs: an output folder (created if missing; not "
                              "the input folder) receiving <name>_seg.nii.gz per input; for one "
@@ -80,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar and no engine line")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    from sam_unet.runtime.clinical_outputs import add_cli_arguments
+
+    add_cli_arguments(parser)  # --series, --prompts, --per-structure, --seg, --statistics, ...
 
 
 def _rank() -> tuple[int, int, int]:
@@ -149,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sam_unet.atomic import sweep_stale_temps
     from sam_unet.io.inputs import is_input
+    from sam_unet.runtime.clinical_outputs import add_outputs, read_prompts, requested_kinds
     from sam_unet.runtime.files import run_job, shard
     from sam_unet.runtime.outputs import output_is_complete, plan_jobs, refuse_overwriting_inputs
 
@@ -167,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
     folder_input = in_path.is_dir() and not is_input(in_path)
     try:
         jobs = plan_jobs(in_path, args.output)
+        structures = read_prompts(args)
+        add_outputs(jobs, requested_kinds(args))
         refuse_overwriting_inputs(jobs, input_folder=in_path if folder_input else None)
     except Exception as exc:  # noqa: BLE001 - one line at the CLI boundary
         if args.debug:
@@ -183,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
     # 2. --continue: only complete outputs are skipped
     todo, skipped = [], 0
     for job in mine:
-        if args.resume and output_is_complete(job):
+        if args.resume and output_is_complete(job) and all(
+                p.exists() for p in job.outputs.values()):
             skipped += 1
             continue
         if args.resume and job.labels.exists():
@@ -228,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
         for job in bar:
             try:
                 run_job(job, engine, axis=args.axis, window=args.window,
-                        normalize=args.normalize, boxes=args.box, batch_size=args.batch_size)
+                        normalize=args.normalize, boxes=args.box, batch_size=args.batch_size,
+                        structures=structures, series_uid=args.series)
             except Exception as exc:  # noqa: BLE001 - one line per failed file
                 if args.debug:
                     raise

@@ -62,6 +62,7 @@ __all__ = [
     "DicomVolume",
     "SeriesInfo",
     "SourceImage",
+    "dicom_geometry",
     "dicom_stem",
     "is_dicom_input",
     "list_dicom_series",
@@ -603,6 +604,19 @@ def _read_pixels(src: _Source, series: _Series, order: list[int]) -> np.ndarray:
     return out
 
 
+def _unique(images: list[_Image]) -> list[_Image]:
+    """The same image listed twice (a copied file) counts once."""
+    seen: set[tuple[str, int | None]] = set()
+    out = []
+    for im in images:
+        key = (im.sop_uid, im.frame)
+        if im.sop_uid and key in seen:
+            continue
+        seen.add(key)
+        out.append(im)
+    return out
+
+
 # ------------------------------------------------------------------------------ public
 def load_dicom_series(path: str | os.PathLike, *, series_uid: str | None = None
                       ) -> DicomVolume:
@@ -621,16 +635,7 @@ def load_dicom_series(path: str | os.PathLike, *, series_uid: str | None = None
     with _Source(path) as src:
         series_map, skipped = _scan(src)
         series = _choose(path, series_map, skipped, series_uid)
-        # the same image listed twice (a copied file) counts once
-        seen: set[tuple[str, int | None]] = set()
-        unique = []
-        for im in series.images:
-            key = (im.sop_uid, im.frame)
-            if im.sop_uid and key in seen:
-                continue
-            seen.add(key)
-            unique.append(im)
-        series.images = unique
+        series.images = _unique(series.images)
         where = f"{path} (series {series.uid})" if len(series_map) > 1 else str(path)
         geom = _geometry(where, series.images)
         stack = _read_pixels(src, series, geom.order)
@@ -643,6 +648,20 @@ def load_dicom_series(path: str | os.PathLike, *, series_uid: str | None = None
                              source_format="dicom", cls=DicomVolume, series=_info(series),
                              slices=slices, instances=list(series.headers),
                              tilt_degrees=geom.tilt_degrees)
+
+
+def dicom_geometry(path: str | os.PathLike, *, series_uid: str | None = None
+                   ) -> tuple[tuple[int, int, int], np.ndarray]:
+    """((Columns, Rows, slices), RAS affine) of a series from its headers (no pixel data)."""
+    path = Path(path)
+    _check_path(path)
+    with _Source(path) as src:
+        series_map, skipped = _scan(src)
+        series = _choose(path, series_map, skipped, series_uid)
+    images = _unique(series.images)
+    geom = _geometry(str(path), images)
+    rows, cols = images[0].shape
+    return (cols, rows, len(images)), lps_to_ras(geom.affine_lps)
 
 
 def is_dicom_input(path: str | os.PathLike, *, probe: int = 64) -> bool:

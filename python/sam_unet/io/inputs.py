@@ -1,8 +1,9 @@
 """Inputs of any supported format: what counts as one, its name, its geometry, reading it.
 
-Each format is an :class:`InputFormat` in :data:`FORMATS` (NIfTI today); a new format (a DICOM
-series folder or zip, ...) is one more entry, and every caller (``segment_file``, the CLI's
-folder listing, ``--continue``) picks it up through the functions below.
+Each format is an :class:`InputFormat` in :data:`FORMATS` (NIfTI, NRRD/MetaImage through
+SimpleITK, a DICOM series folder, zip or file); a new format is one more entry, and every
+caller (``segment_file``, the CLI's folder listing, ``--continue``) picks it up through the
+functions below.
 """
 
 from __future__ import annotations
@@ -49,7 +50,34 @@ def _nifti_format() -> InputFormat:
     )
 
 
-FORMATS: list[InputFormat] = [_nifti_format()]
+def _sitk_format() -> InputFormat:
+    from sam_unet.io import sitk
+
+    return InputFormat(
+        name="sitk",
+        matches=lambda p: p.is_file() and sitk.is_sitk_path(p),
+        stem=sitk.sitk_stem,
+        label_suffix=lambda p: ".nii.gz",
+        read=lambda p: sitk.load_sitk(p),
+        geometry=sitk.sitk_geometry,
+    )
+
+
+def _dicom_format() -> InputFormat:
+    from sam_unet.io import dicom
+
+    return InputFormat(
+        name="dicom",
+        matches=dicom.is_dicom_input,
+        stem=dicom.dicom_stem,
+        label_suffix=lambda p: ".nii.gz",
+        read=lambda p: dicom.load_dicom_series(p),
+        geometry=dicom.dicom_geometry,
+    )
+
+
+# NIfTI and SimpleITK formats by name first; a DICOM series (folder, zip, file) by content.
+FORMATS: list[InputFormat] = [_nifti_format(), _sitk_format(), _dicom_format()]
 
 
 def _hidden(path: Path) -> bool:
@@ -90,8 +118,9 @@ def _format_of(path: Path) -> InputFormat:
 
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file; check the path")
-        raise NiftiError(f"{path}: not a supported input (expected a .nii or .nii.gz file); "
-                         "convert it to NIfTI")
+        raise NiftiError(f"{path}: not a supported input (expected a .nii or .nii.gz file, "
+                         "a .nrrd/.mha/.mhd file, or a DICOM series folder or zip); convert it "
+                         "to NIfTI")
     return fmt
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sam_unet.io.volume import Volume
+from sam_unet.runtime.clinical_outputs import EXTRA_WRITERS
 from sam_unet.runtime.outputs import (
     Job,
     OutputError,
@@ -28,14 +29,17 @@ from sam_unet.runtime.outputs import (
 __all__ = ["WRITERS", "predict", "run_job", "segment_file", "shard", "write_outputs"]
 
 
-def _write_labels(path: Path, mask: np.ndarray, volume: Volume, engine: Any) -> Path:
+def _write_labels(path: Path, mask: np.ndarray, volume: Volume, engine: Any,
+                  names: Any = None) -> Path:
     from sam_unet.io.nifti import save_label_nifti
 
     return save_label_nifti(path, mask, like=volume)
 
 
-# output kind -> writer(path, canonical uint8 mask, volume, engine) -> path
-WRITERS: dict[str, Callable[[Path, np.ndarray, Volume, Any], Path]] = {"labels": _write_labels}
+# output kind -> writer(path, canonical uint8 label map, volume, engine, {label: name}) -> path;
+# the kinds beside the label map (names, structures, seg, statistics, preview) are in
+# runtime/clinical_outputs.py
+WRITERS: dict[str, Callable[..., Path]] = {"labels": _write_labels, **EXTRA_WRITERS}
 
 
 def slicing_axis(engine: Any, axis: int | None) -> int:
@@ -65,22 +69,33 @@ def predict(engine: Any, volume: Volume, *, axis: int | None = None, boxes: Any 
         raise ValueError(f"{where}: {exc}") from exc
 
 
-def write_outputs(job: Job, mask: np.ndarray, volume: Volume, engine: Any) -> list[Path]:
-    """Write every output of ``job`` (each atomically); returns their paths."""
+def write_outputs(job: Job, mask: np.ndarray, volume: Volume, engine: Any,
+                  names: dict[int, str] | None = None) -> list[Path]:
+    """Write every output of ``job`` (each atomically); returns their paths. ``names``:
+    {label value: structure name} (default: label 1 named by the model file)."""
+    if names is None:
+        from sam_unet.runtime.images import default_label_names
+
+        names = default_label_names(engine)
     written = []
     for kind, path in job.outputs.items():
         writer = WRITERS.get(kind)
         if writer is None:
             raise OutputError(f"{job.source}: no writer for output kind {kind!r}")
-        written.append(writer(path, mask, volume, engine))
+        written.append(writer(path, mask, volume, engine, names))
     return written
 
 
 def segment_file(in_path: str | os.PathLike, out_path: str | os.PathLike, engine: Any, *,
                  axis: int | None = None, window: Any = None, normalize: str | None = None,
-                 boxes: Any = None, box_mask: Any = None, batch_size: int | None = None
-                 ) -> Path:
+                 boxes: Any = None, box_mask: Any = None, batch_size: int | None = None,
+                 structures: Any = None, series_uid: str | None = None) -> Path:
     """Segment one volume file and write a uint8 label NIfTI; returns the output path.
+
+    Inputs: NIfTI-1/2, NRRD/MetaImage (SimpleITK), or a DICOM series (a folder, a zip or one
+    file; ``series_uid`` picks one series of a study). ``structures`` (a prompts file path, its
+    JSON content, or StructurePrompts; see runtime/structures_file.py) segments several named
+    structures into one label map instead of one structure from ``boxes``/``box_mask``.
 
     The volume is reoriented to the closest canonical (RAS) orientation for segmentation (so
     ``axis=-1`` means axial for typical scans), the mask is put back into the file's voxel order
@@ -117,17 +132,31 @@ def segment_file(in_path: str | os.PathLike, out_path: str | os.PathLike, engine
         raise PermissionError(f"{job.labels}: output folder {out_dir} is not writable; choose a "
                               "writable output folder")
     run_job(job, engine, axis=axis, boxes=boxes, box_mask=box_mask, window=window,
-            normalize=normalize, batch_size=batch_size)
+            normalize=normalize, batch_size=batch_size, structures=structures,
+            series_uid=series_uid)
     return job.labels
 
 
-def run_job(job: Job, engine: Any, **options: Any) -> list[Path]:
+def run_job(job: Job, engine: Any, *, structures: Any = None, series_uid: str | None = None,
+            **options: Any) -> list[Path]:
     """Read, predict, write one job (``options`` as :func:`predict`); returns written paths.
 
-    The caller has already refused outputs that resolve to inputs."""
+    structures: named structures (a prompts file, see runtime/structures_file.py) segmented
+    into one label map instead of one structure; series_uid: the series to read from a DICOM
+    input holding several. The caller has already refused outputs that resolve to inputs."""
     from sam_unet.io.inputs import read_volume
 
-    volume = read_volume(job.source)
+    if series_uid is not None:
+        from sam_unet.io.dicom import load_dicom_series
+
+        volume = load_dicom_series(job.source, series_uid=series_uid)
+    else:
+        volume = read_volume(job.source)
+    if structures is not None:
+        from sam_unet.runtime.images import segment_volume
+
+        mask, names = segment_volume(volume, engine, structures=structures, **options)
+        return write_outputs(job, np.asarray(mask), volume, engine, names)
     mask = predict(engine, volume, **options)
     return write_outputs(job, np.asarray(mask), volume, engine)
 

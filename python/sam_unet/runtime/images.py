@@ -29,13 +29,16 @@ import numpy as np
 
 from sam_unet.io.volume import Volume
 
-__all__ = ["segment_dicom", "segment_image", "segment_volume"]
+__all__ = ["default_label_names", "model_name", "segment_dicom", "segment_image",
+           "segment_volume"]
 
 
-def _engine_label_names(engine: Any) -> dict[int, str]:
+def default_label_names(engine: Any) -> dict[int, str]:
+    """{1: name} for a one-structure mask: the model file's name for label 1, else
+    "foreground"."""
     info = getattr(engine, "model_info", None)
-    names = getattr(info, "label_names", None)
-    return {int(k): str(v) for k, v in names.items()} if names else {1: "foreground"}
+    names = getattr(info, "label_names", None) or {}
+    return {1: str({int(k): v for k, v in names.items()}.get(1, "foreground"))}
 
 
 def _slicing_axis(engine: Any, axis: int | None) -> int:
@@ -99,8 +102,7 @@ def segment_volume(volume: Volume, engine: Any, *, structures: Any = None, boxes
         if str(exc).startswith(str(where)):
             raise
         raise type(exc)(f"{where}: {exc}") from exc
-    names = _engine_label_names(engine)
-    return np.asarray(mask), {1: names.get(1, "foreground")}
+    return np.asarray(mask), default_label_names(engine)
 
 
 def model_name(engine: Any) -> str | None:

@@ -81,7 +81,9 @@ def plan_jobs(input_path: str | os.PathLike, output: str | os.PathLike) -> list[
         sources = list_inputs(input_path)
         if not sources:
             raise FileNotFoundError(f"{input_path}: no .nii or .nii.gz files in this folder; "
-                                    "give a folder of NIfTI files or one file")
+                                    "give a folder of inputs (NIfTI, NRRD/MetaImage, DICOM "
+                                    "zips or series folders), a DICOM series folder, or one "
+                                    "file")
         if output.exists() and not output.is_dir():
             raise OutputError(f"{input_path}: -o {output} is a file, but a folder of inputs "
                               "needs an output folder; give a folder for -o")
@@ -94,8 +96,9 @@ def plan_jobs(input_path: str | os.PathLike, output: str | os.PathLike) -> list[
         if not input_path.exists():
             raise FileNotFoundError(f"{input_path}: no such file or folder; check the path")
         if input_format(input_path) is None:
-            raise OutputError(f"{input_path}: not a supported input (a .nii or .nii.gz file, "
-                              "or a folder of them); convert it to NIfTI")
+            raise OutputError(f"{input_path}: not a supported input (a .nii/.nii.gz, .nrrd, "
+                              ".nhdr, .mha or .mhd file, a DICOM series folder, zip or file, or "
+                              "a folder of them); convert it to NIfTI")
         sources = [input_path]
         many = False
         if output.exists() and not output.is_dir() and not is_nifti_path(output):
@@ -150,6 +153,14 @@ def refuse_overwriting_inputs(jobs: list[Job], *, input_folder: str | os.PathLik
                 raise OutputError(
                     f"{in_dir}: the output folder{named} is the input folder; give another -o "
                     "folder (outputs beside the inputs would be read as inputs next time)")
+    for job in jobs:  # an input that is a folder (a DICOM series) gets nothing written in it
+        if job.source.is_dir():
+            src = _resolved(job.source)
+            for path in job.outputs.values():
+                if src == _resolved(path) or src in _resolved(path).parents:
+                    raise OutputError(
+                        f"{job.source}: the output {path} would be written inside this input "
+                        "folder (a DICOM series); give an -o outside it")
     for job in jobs:
         for path in job.outputs.values():
             hit = by_path.get(_resolved(path))
