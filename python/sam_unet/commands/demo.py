@@ -37,32 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def write_montage(t1_path: Path, mask_path: Path, png_path: Path, *, rows: int = 3,
                   cols: int = 4) -> None:
-    """Axial slices of the T1 with the mask overlaid in red, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Axial slices of the T1 with the mask overlaid in red and a legend, as one PNG."""
     import nibabel as nib
     import numpy as np
 
-    t1 = np.asarray(nib.as_closest_canonical(nib.load(str(t1_path))).dataobj, dtype=np.float32)
+    from sam_unet.runtime.preview import write_preview
+
+    t1_img = nib.as_closest_canonical(nib.load(str(t1_path)))
     mask = np.asarray(nib.as_closest_canonical(nib.load(str(mask_path))).dataobj)
-    nz = np.flatnonzero(t1.reshape(-1, t1.shape[2]).max(axis=0) > 0)
-    ks = np.linspace(nz[0] + 0.15 * len(nz), nz[-1] - 0.15 * len(nz), rows * cols).astype(int)
-    red = matplotlib.colors.ListedColormap(["#ff2a2a"])
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.4 * rows), facecolor="black")
-    for ax, k in zip(axes.ravel(), ks, strict=True):
-        ax.imshow(np.rot90(t1[:, :, k]), cmap="gray", interpolation="nearest")
-        overlay = np.ma.masked_where(np.rot90(mask[:, :, k]) == 0, np.rot90(mask[:, :, k]))
-        ax.imshow(overlay, cmap=red, alpha=0.5, interpolation="nearest", vmin=0, vmax=1)
-        ax.set_title(f"z={k}", color="white", fontsize=9)
-        ax.axis("off")
-    fig.suptitle("sam-unet demo: white matter on MNI152 T1", color="white")
-    fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80, facecolor="black")
-    plt.close(fig)
-    tmp.replace(png_path)
+    write_preview(png_path, np.asarray(t1_img.dataobj, dtype=np.float32), mask,
+                  {1: "white matter"}, zooms=t1_img.header.get_zooms()[:3], rows=rows,
+                  cols=cols, colors={1: (255, 42, 42)},
+                  title="sam-unet demo: white matter on MNI152 T1")
 
 
 def _has_tensorrt() -> bool:

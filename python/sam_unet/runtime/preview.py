@@ -1,11 +1,11 @@
 """A PNG montage of a label map over its image: one colour per structure and a legend.
 
 ``write_preview`` draws ``rows x cols`` slices along one canonical axis (axial by default),
-evenly spread over the slices that hold a label (over the image's non-zero extent when none
-does), with the voxel aspect of the affine, viewers' orientation (anterior / superior up,
-patient right on the left of axial and coronal slices) and intensities between the 1st and
-99th percentile. ``label_colors`` gives the colours (also used for the DICOM SEG's display
-colours), stable by label value.
+evenly spread over the middle 80% of the slices that hold a label (of the image's non-zero
+extent when none does), with the voxel aspect of the affine, viewers' orientation (anterior /
+superior up, patient right on the left of axial and coronal slices) and intensities between
+the 1st and 99th percentile of the shown voxels (background left out). ``label_colors``
+gives the colours (also used for the DICOM SEG's display colours), stable by label value.
 """
 
 from __future__ import annotations
@@ -41,8 +41,22 @@ def _pick_slices(image: np.ndarray, labels: np.ndarray, axis: int, count: int) -
     if len(has) == 0:
         has = np.arange(image.shape[axis])
     lo, hi = int(has[0]), int(has[-1])
-    return np.unique(np.linspace(lo, hi, count + 2)[1:-1].round().astype(int)) \
-        if hi - lo + 1 > count else np.arange(lo, hi + 1)
+    if hi - lo + 1 <= count:
+        return np.arange(lo, hi + 1)
+    trim = 0.1 * (hi - lo)  # the ends of a structure hold little of it
+    return np.unique(np.linspace(lo + trim, hi - trim, count).round().astype(int))
+
+
+def _gray_range(values: np.ndarray) -> tuple[float, float]:
+    """The 1st and 99th percentile of the shown voxels, leaving out the background value (the
+    minimum: air, or the zeros around a skull-stripped image) when it fills the image."""
+    body = values[values > values.min()] if values.size else values
+    if body.size < 0.05 * values.size:
+        body = values
+    if body.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(body, [1, 99]))
+    return lo, hi if hi > lo else lo + 1.0
 
 
 def _view(a2d: np.ndarray) -> np.ndarray:
@@ -86,9 +100,8 @@ def write_preview(png_path: str | os.PathLike, image: np.ndarray, labels: np.nda
     cmap = ListedColormap(lut)
 
     finite = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
-    hi = hi if hi > lo else lo + 1.0
     ks = _pick_slices(finite, labels, axis, rows * cols)
+    lo, hi = _gray_range(np.take(finite, ks, axis=axis))
     a, b = [z for i, z in enumerate(zooms) if i != axis]
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows + 0.8),
                              facecolor="black", squeeze=False)
