@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sam_unet.model_info import ModelInfo
+from sam_unet.runtime.devices import resolve_device
 from sam_unet.runtime.pipeline import (
     FiniteGuard,
     SegmentStats,
@@ -65,7 +66,7 @@ class Engine:
         from sam_unet.checkpoints import load_model_with_report
         from sam_unet.runtime.backends import make_backend
 
-        device = _resolve_device(device)
+        device = resolve_device(device)
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -144,7 +145,7 @@ class Engine:
         from sam_unet.model_info import check_onnx_metadata
         from sam_unet.runtime.backends import make_backend
 
-        device = _resolve_device(device)
+        device = resolve_device(device)
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX file not found: {path}")
@@ -198,7 +199,7 @@ class Engine:
         that file is still there), else None."""
         from sam_unet.runtime.backends import make_backend
 
-        device = _resolve_device(device or "cuda")
+        device = resolve_device(device or "cuda")
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"TensorRT engine not found: {path}")
@@ -362,13 +363,6 @@ def _images_dtype(backend: Any) -> Any:
     if dt is None:
         dt = torch.float16 if getattr(backend, "precision", "fp32") == "fp16" else torch.float32
     return torch.float16 if dt == torch.float16 else torch.float32
-
-
-def _resolve_device(device: str | None) -> str:
-    """Kept for callers of the old name: :func:`sam_unet.runtime.devices.resolve_device`."""
-    from sam_unet.runtime.devices import resolve_device
-
-    return resolve_device(device)
 
 
 def _engine_model_info(engine_path: Path) -> ModelInfo | None:
