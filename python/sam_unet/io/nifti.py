@@ -141,8 +141,13 @@ def _compression_mismatch(path: Path) -> str:
     try:
         with open(path, "rb") as fh:
             gzipped = fh.read(2) == b"\x1f\x8b"
-    except OSError:
+        with (gzip.open if gzipped else open)(path, "rb") as fh:
+            head = fh.read(4)
+    except Exception:  # noqa: BLE001 - unreadable either way: not a naming problem
         return ""
+    sizes = struct.unpack("<i", head) + struct.unpack(">i", head) if len(head) == 4 else ()
+    if 348 not in sizes and 540 not in sizes:
+        return ""  # not a NIfTI header under either name: renaming would not help
     named_gz = path.name.lower().endswith(".gz")
     if gzipped and not named_gz:
         return f"gzip-compressed although named .nii; rename it to {path.name}.gz"
