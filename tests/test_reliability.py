@@ -177,7 +177,10 @@ def test_segment_file_refuses_its_input(tmp_path, crop, engine):
     for out in (a, tmp_path / "link.nii"):
         with pytest.raises(OutputError, match=r"a\.nii: the output .* the input itself"):
             segment_file(a, out, engine)
-    assert _digest(a) == digest and _listing(tmp_path) == ["a.nii", "link.nii"]
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"notes\.txt is an existing file that is not a NIfTI"):
+        segment_file(a, tmp_path / "notes.txt", engine)
+    assert _digest(a) == digest and _listing(tmp_path) == ["a.nii", "link.nii", "notes.txt"]
 
 
 def test_output_names_and_kinds(tmp_path, crop, reference, capsys):

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from sam_unet.io.nifti import is_nifti_path
 from sam_unet.io.volume import Volume
 from sam_unet.runtime.clinical_outputs import EXTRA_WRITERS
 from sam_unet.runtime.outputs import (
@@ -122,6 +123,9 @@ def segment_file(in_path: str | os.PathLike, out_path: str | os.PathLike, engine
     in_path, out_path = Path(in_path), Path(out_path)
     job = Job(in_path, {"labels": label_output(in_path, out_path, many=False)})
     refuse_overwriting_inputs([job])
+    if out_path.is_file() and not is_nifti_path(out_path):
+        raise OutputError(f"{in_path}: output {out_path} is an existing file that is not a "
+                          "NIfTI name; give an output .nii/.nii.gz name or a folder")
     if output_is_folder(out_path, many=False):
         out_path.mkdir(parents=True, exist_ok=True)
     out_dir = job.labels.parent
