@@ -190,9 +190,11 @@ def read_prompts(args: Any) -> Any:
     """The checked prompts file of ``--prompts`` (None without it); refuses --box with it."""
     if not getattr(args, "prompts", None):
         return None
-    if getattr(args, "box", None) is not None:
-        raise ValueError("--box and --prompts both give prompts; put the box in the prompts "
-                         "file or leave out --prompts")
+    for flag in ("box", "seed_box"):
+        if getattr(args, flag, None) is not None:
+            option = "--" + flag.replace("_", "-")
+            raise ValueError(f"{option} and --prompts both give prompts; put the structures' "
+                             f"prompts in the prompts file or leave out --prompts")
     from sam_unet.runtime.structures_file import read_structures_file
 
     return read_structures_file(args.prompts)
