@@ -2,6 +2,7 @@
 
 - A run killed with SIGKILL in the middle of a folder, then ``--continue``: every output
   complete and equal to an uninterrupted run's, no leftover temporary file, nothing lost.
+- Ctrl-C (SIGINT) in the middle of a write: one line, exit 130, no temporary file left.
 - A write that fails for lack of space (RLIMIT_FSIZE with SIGXFSZ ignored, so the write raises
   EFBIG): one clear error line, a non-zero exit, no partial output, no temporary file, the input
   untouched.
@@ -119,6 +120,36 @@ def test_sigkill_mid_folder_then_continue(tmp_path, crops):
     assert {p: _digest(p) for p in src.iterdir()} == digests
     print(f"\nkilled after {len(visible)} of {len(names)} outputs; temporary files left by the "
           f"kill and swept by --continue: {leftovers or 'none caught'}")
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_folder_leaves_no_temporary_file(tmp_path, crops):
+    """SIGINT (Ctrl-C) while the next output is being written: one line, exit 130, the
+    temporary file removed, finished outputs complete."""
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i, (data, affine) in enumerate(crops[:4]):
+        nib.save(nib.Nifti1Image(data, affine), str(src / f"v{i}.nii.gz"))
+    proc = subprocess.Popen(_cmd(src, dst), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (dst / "v0_seg.nii.gz").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    catch_until = time.monotonic() + 10
+    while time.monotonic() < catch_until and proc.poll() is None:
+        if any(is_temp_name(p.name) for p in dst.iterdir()):
+            break
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.splitlines() == ["sam-unet segment: interrupted (finished outputs are kept; "
+                                "rerun with --continue for the rest)"]
+    names = sorted(p.name for p in dst.iterdir())
+    assert names and all(n.endswith("_seg.nii.gz") for n in names), names  # no temp file
+    for name in names:
+        assert nib.load(str(dst / name)).get_fdata().shape == (48, 56, 12)
 
 
 def _limit_file_size(limit: int):

@@ -100,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         with _one_line_warnings(args):
             return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        again = " (finished outputs are kept; rerun with --continue for the rest)" \
+            if getattr(args, "resume", None) is not None else ""
+        print(f"sam-unet {args.command}: interrupted{again}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: one line, no traceback
         if getattr(args, "debug", False):

@@ -210,8 +210,8 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             if args.debug:
                 raise
-            print(error_line(folder, exc, what="cannot use the output folder: "),
-                  file=sys.stderr)
+            print(error_line(folder, exc, what="cannot use the output folder: ",
+                             fix="give another -o folder"), file=sys.stderr)
             return 1
 
     done = failed = 0
