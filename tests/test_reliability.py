@@ -208,6 +208,7 @@ def test_output_names_and_kinds(tmp_path, crop, reference, capsys):
     assert _listing(src) == ["a.nii", "b.nii.gz"]
 
 
+@pytest.mark.slow
 def test_continue_skips_only_complete_outputs(tmp_path, crop, capsys):
     data, affine = crop
     src, dst = tmp_path / "in", tmp_path / "out"
@@ -257,6 +258,7 @@ def test_stale_temp_files_are_swept_and_never_inputs(tmp_path, crop, capsys):
 # ------------------------------------------------------------------------------------------
 # any real voxel type, either byte order, NIfTI-1 and -2; geometry kept exactly
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_every_voxel_type_gives_the_same_mask(tmp_path, crop, engine, capsys):
     data, affine = crop
     values = data // 2  # 0..127: fits every type below
@@ -484,6 +486,7 @@ def test_input_errors_are_one_line(tmp_path, crop, capsys):
     assert not (tmp_path / "o").exists() or _listing(tmp_path / "o") == []
 
 
+@pytest.mark.slow
 def test_real_subprocess_errors_and_debug(tmp_path, crop):
     """As a user runs it: a folder with one bad file, a bad ONNX file, --debug."""
     data, affine = crop
