@@ -8,6 +8,7 @@ ops are held to exactly the CPU ops' cases and tolerances.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,19 @@ def cuda_available() -> bool:
 requires_cuda = pytest.mark.skipif(
     not cuda_available(), reason="needs a CUDA device and sam_unet._C built with CUDA"
 )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With SAMUNET_REQUIRE_GPU=1 (benchmarks/gpu_check.sh) a skipped test marked gpu is a
+    failure: on a GPU machine nothing may pass by not running."""
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and os.environ.get("SAMUNET_REQUIRE_GPU") == "1"
+            and item.get_closest_marker("gpu") is not None):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"gpu test skipped under SAMUNET_REQUIRE_GPU=1: {reason}"
 
 
 # --------------------------------------------------------------------------------------------
