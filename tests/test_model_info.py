@@ -195,6 +195,7 @@ def test_onnx_without_metadata_refused_unless_forced(files):
     assert engine.segment(vol, boxes=(2, 2, 0, 20, 16, 2)).shape == vol.shape
 
 
+@pytest.mark.slow
 def test_onnx_of_another_model_refused_unless_forced(files):
     with pytest.raises(ModelMismatchError, match=r"holds a 'tiny' model but variant 'res34'"):
         Engine.from_onnx(files["onnx_a"], device="cpu", variant="res34")
@@ -256,6 +257,7 @@ def _nifti(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_segment_onnx_metadata_and_force(files, tmp_path, capsys):
     src = _nifti(tmp_path / "scan.nii.gz")
     before = src.read_bytes()
