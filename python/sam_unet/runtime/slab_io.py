@@ -18,11 +18,8 @@ from typing import Any
 import numpy as np
 
 from sam_unet import ops
-from sam_unet.transforms import SUPPORTED_DTYPES
 
-# What every native build reads in place (native byte order): the reference's dtypes. Builds
-# with ``ops.reads_natively`` read more (see reads_natively below).
-NATIVE_DTYPES = tuple(np.dtype(d).name for d in SUPPORTED_DTYPES)
+# Lossless conversions of what the native ops do not read (byte-swapped: the same dtype, native)
 _CONVERT = {"bool": "uint8", "int8": "int16", "uint32": "float64", "int64": "float64",
             "uint64": "float64", "float16": "float32", "bfloat16": "float32"}
 
@@ -31,17 +28,9 @@ def _name(dtype: Any) -> str:
     return dtype.name if isinstance(dtype, np.dtype) else str(dtype).replace("torch.", "")
 
 
-def _byteswapped(array: Any) -> bool:
-    dt = getattr(array, "dtype", None)
-    return isinstance(dt, np.dtype) and not dt.isnative
-
-
 def reads_natively(array: Any) -> bool:
     """True when the native preprocess reads ``array`` in place (its dtype and byte order)."""
-    native = getattr(ops, "reads_natively", None)
-    if native is not None:
-        return bool(native(array))
-    return _name(array.dtype) in NATIVE_DTYPES and not _byteswapped(array)
+    return bool(ops.reads_natively(array))
 
 
 def convert_dtype(dtype: Any) -> np.dtype:
@@ -71,7 +60,7 @@ def _moved(volume: Any, axis: int, z0: int, n: int) -> Any:
 def gather(volume: Any, out: Any, *, z0: int, n: int, axis: int) -> None:
     """Copy slices [z0, z0 + n) along ``axis`` of ``volume`` into ``out`` (n, H, W), converting
     to ``out``'s dtype. Host arrays (NumPy, torch CPU) or device arrays of one library."""
-    if _same_host_dtype(volume, out) and hasattr(ops, "gather_slices"):
+    if _same_host_dtype(volume, out):
         ops.gather_slices(volume, out, z0=z0, n=n, axis=axis)
         return
     src = _moved(volume, axis, z0, n)
@@ -95,7 +84,7 @@ def gather(volume: Any, out: Any, *, z0: int, n: int, axis: int) -> None:
 
 def scatter(slab: Any, out_volume: Any, *, z0: int, n: int, axis: int) -> None:
     """Copy ``slab`` (n, H, W) into slices [z0, z0 + n) along ``axis`` of ``out_volume``."""
-    if _same_host_dtype(slab, out_volume) and hasattr(ops, "scatter_slices"):
+    if _same_host_dtype(slab, out_volume):
         ops.scatter_slices(slab, out_volume, z0=z0, n=n, axis=axis)
         return
     dst = _moved(out_volume, axis, z0, n)
