@@ -185,6 +185,8 @@ def test_guide_runs(tmp_path, monkeypatch):
             except Exception as exc:  # noqa: BLE001 - reported with the block
                 pytest.fail(_failure("python", line, body, f"{type(exc).__name__}: {exc}"))
         ran.append((line, time.perf_counter() - t0))
+    print("guide blocks run (line, seconds):", [(n, round(t, 1)) for n, t in ran],
+          "skipped (no GPU with TensorRT):", skipped)
     assert len(ran) >= 10, ran  # the guide keeps its runnable examples
     # What the guide's steps promise, checked on the files they made.
     for path in ("demo/mni152_t1_wm_mask.nii.gz", "masks/brain_a_seg.nii.gz",
