@@ -306,7 +306,7 @@ def test_model_info_defaults_and_warnings(model):
                                                     window=(50, 250)))
     with pytest.warns(UserWarning, match=r"normalize='slice-minmax' differs .*'window'"):
         eng.segment(vol, normalize="slice-minmax")
-    with pytest.warns(UserWarning, match=r"window=\(0, 100\) differs .*\(50.0, 250.0\)"):
+    with pytest.warns(UserWarning, match=r"window=\(0.0, 100.0\) differs .*\(50.0, 250.0\)"):
         eng.segment(vol, window=(0, 100))
 
 
@@ -362,6 +362,8 @@ def test_bad_volumes(engine, volume, message):
         ({"boxes": np.zeros((2, 2, 2))}, "got an array of shape"),
         ({"box_mask": np.zeros((8, 8, 3))}, "prompt mask has shape"),
         ({"window": (5, 1)}, "lo < hi"),
+        ({"window": 5}, r"two numbers \(lo, hi\), got 5"),
+        ({"window": (1, 2, 3)}, "two numbers"),
         ({"normalize": "window"}, "requires window"),
         ({"normalize": "zscore"}, "mode must be one of"),
         ({"axis": 3}, "axis"),

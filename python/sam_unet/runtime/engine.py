@@ -316,8 +316,7 @@ class Engine:
         info = getattr(self, "model_info", None)
         axis = _option("axis", axis, info and info.axis, -1, lambda a, b: a % 3 == b % 3)
         normalize = _option("normalize", normalize, info and info.normalize, "slice-minmax")
-        window = _option("window", window, info and info.window, None,
-                         lambda a, b: tuple(map(float, a)) == tuple(map(float, b)))
+        window = _option("window", _window_pair(window), info and info.window, None)
         win = check_window(normalize, window)
         if info is not None and info.prompt_mode == "box" and not prompted:
             raise ValueError(
@@ -352,6 +351,17 @@ def _option(name: str, given: Any, model: Any, default: Any, same: Any = None) -
             f"was trained); using {name}={given!r}", UserWarning, stacklevel=4,
         )
     return given
+
+
+def _window_pair(window: Any) -> tuple[float, float] | None:
+    """An explicit window as (lo, hi) floats (its order is checked by check_window)."""
+    if window is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"window must be two numbers (lo, hi), got {window!r}") from None
+    return lo, hi
 
 
 def _images_dtype(backend: Any) -> Any:
