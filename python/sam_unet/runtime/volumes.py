@@ -63,11 +63,8 @@ def as_volume(volume: Any, *, name: str = "volume", check_finite: bool = True) -
 
         if not isinstance(volume, torch.Tensor):
             raise TypeError(f"{name}: expected an array or tensor, got {type(volume).__name__}")
-        kind = "torch"
-        device = "cpu" if volume.device.type == "cpu" else str(volume.device)
-        if device == "cuda":
-            device = f"cuda:{torch.cuda.current_device()}"
-        elif volume.device.type not in ("cpu", "cuda"):
+        kind, device = "torch", str(volume.device)  # "cpu" or "cuda:N"
+        if volume.device.type not in ("cpu", "cuda"):
             raise ValueError(f"{name}: tensors on {volume.device} are not supported; use CPU "
                              "or CUDA tensors")
     elif module.startswith("cupy"):
