@@ -4,6 +4,7 @@ and the CUDA op when a device exists (CUDA events, against a device-to-device co
     python benchmarks/bench_ops.py                       # CPU, 512x512x64 int16
     python benchmarks/bench_ops.py --device cuda         # GPU, 512x512x300 int16
     python benchmarks/bench_ops.py --size 512 512 64 --layout f --json out.json
+    python benchmarks/bench_ops.py --slabs               # gather/scatter vs memcpy, 3 layouts
 
 Prints a Markdown table; ``--json PATH`` writes the rows too.
 """
@@ -210,6 +211,19 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def slab_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| layout | op | volume | slab | ms (median) | GB/s | memcpy GB/s | of memcpy |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['layout']} | {r['op']} | {r['shape']} | {r['slab']} | {r['seconds'] * 1e3:.1f} "
+            f"| {r['gbps']:.2f} | {r['memcpy_gbps']:.2f} | {r['fraction_of_memcpy']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="cpu")
@@ -224,10 +238,26 @@ def main(argv: list[str] | None = None) -> int:
         help="c: (X, Y, Z) C order, slices along the contiguous Z (CPU default); f: nibabel's "
         "Fortran order; s: slice-major (Z, X, Y) like the engine's device slabs (CUDA default)",
     )  # fmt: skip
+    p.add_argument(
+        "--slabs", action="store_true",
+        help="instead: ops.gather_slices (int16) and ops.scatter_slices (uint8 masks) slab by slab "
+        "over C-order, Fortran-order and slice-major volumes against memcpy of the same bytes "
+        "(default volume 512 512 192)",
+    )  # fmt: skip
+    p.add_argument("--slab", type=int, default=64, help="slices per slab with --slabs")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = p.parse_args(argv)
+    if args.slabs:
+        from sam_unet.bench.ops_bench import run_slab_copy_bench
+
+        rows = run_slab_copy_bench(tuple(args.size or (512, 512, 192)), args.slab, runs=args.runs)
+        print(slab_markdown(rows))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "rows": rows}, f, indent=2, default=str)
+        return 0
     if args.size is None:
         args.size = (512, 512, 64) if args.device == "cpu" else (512, 512, 300)
     if args.layout is None:

@@ -1,10 +1,11 @@
 // Strided 3D copies on the CPU (gather slices into a slab, scatter a slab back): the loops follow
-// memory order; where the two arrays' contiguous axes differ, the copy is a tiled transpose with
-// 16-byte SSE2 register transposes, so both sides stream.
+// memory order; where the two arrays' contiguous axes differ, the copy is a tiled transpose
+// (source lines staged whole, 16-byte SSE2 register transposes), so both sides stream.
 #include "sam_unet/slices.h"
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -69,8 +70,7 @@ void copy_rows(const Plan& p, int f) {
   const int64_t bytes = n0 * n1 * len * (int64_t)sizeof(E);
   const E* src = reinterpret_cast<const E*>(p.src);
   E* dst = reinterpret_cast<E*>(p.dst);
-#pragma omp parallel for schedule(static) if (parallel_ok(bytes, kMinParallelBytes))
-  for (int64_t t = 0; t < tasks; ++t) {
+  parallel_tasks(tasks, bytes, kMinParallelBytes, [&](int64_t t) {
     const int64_t piece = t % pieces, row = t / pieces;
     const int64_t i1 = row % n1, i0 = row / n1;
     const int64_t start = piece * chunk, count = std::min(chunk, len - start);
@@ -81,7 +81,7 @@ void copy_rows(const Plan& p, int f) {
     } else {
       for (int64_t k = 0; k < count; ++k) d[k * df] = s[k * sf];
     }
-  }
+  });
 }
 
 #if defined(__SSE2__)
@@ -119,48 +119,118 @@ inline void transpose_block(const E* s, int64_t sb, E* d, int64_t da) {
 }
 #endif
 
+// A short contiguous copy, inlined (a memcpy call costs as much as a 128-byte row).
+template <typename E>
+inline void copy_run(const E* s, E* d, int64_t n) {
+  int64_t k = 0;
+#if defined(__SSE2__)
+  constexpr int64_t R = 16 / (int64_t)sizeof(E);
+  for (; k + R <= n; k += R)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + k),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + k)));
+#endif
+  for (; k < n; ++k) d[k] = s[k];
+}
+
+#if defined(__SSE2__)
+// A destination row written whole from a staging buffer: streaming (non-temporal) stores where
+// the row is 16-byte aligned and long, as memcpy does for large copies: the lines are not read
+// first (a slab bound for the GPU, a mask volume: neither is read back soon).
+template <typename E>
+inline void copy_out(const E* s, E* d, int64_t n) {
+  const int64_t bytes = n * (int64_t)sizeof(E);
+  if (bytes < 256 || (reinterpret_cast<uintptr_t>(d) & 15) != 0) return copy_run<E>(s, d, n);
+  const char* src = reinterpret_cast<const char*>(s);
+  char* dst = reinterpret_cast<char*>(d);
+  int64_t k = 0;
+  for (; k + 16 <= bytes; k += 16)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + k),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k)));
+  std::memcpy(dst + k, src + k, (size_t)(bytes - k));
+}
+#endif
+
+// Per-thread staging buffers of a tile (kept between calls).
+template <typename E>
+E* staging(size_t count, int slot) {
+  thread_local std::vector<E> buffers[2];
+  std::vector<E>& b = buffers[slot];
+  if (b.size() < count) b.assign(count, E{});
+  return b.data();
+}
+
+#if defined(__SSE2__)
+// A tile whose source rows (index b) run along a and whose destination rows (index a) run
+// along b (sa == db == 1): the source rows are first copied whole into a padded buffer (the
+// reads stream through memory a row at a time), then transposed in registers. Destination rows
+// a page or more apart (a C-order volume sliced along its contiguous Z, so each row is another
+// slice) alias in the caches when written 16 bytes at a time: those are transposed into a
+// second buffer and written a whole row at a time.
+template <typename E>
+void copy_tile_transpose(const E* s, E* d, int64_t a0, int64_t a1, int64_t b0, int64_t b1,
+                         int64_t sb, int64_t da) {
+  constexpr int64_t R = 16 / (int64_t)sizeof(E), pad = 64 / (int64_t)sizeof(E);
+  const int64_t na = a1 - a0, nb = b1 - b0;
+  const int64_t na_r = (na + R - 1) / R * R, nb_r = (nb + R - 1) / R * R;
+  const int64_t pi = na_r + pad;  // input buffer: nb rows (b) of na elements (a)
+  E* in = staging<E>((size_t)(nb_r * pi), 0);
+  for (int64_t b = 0; b < nb; ++b) copy_run<E>(s + a0 + (b0 + b) * sb, in + b * pi, na);
+  const bool stage_out = da * (int64_t)sizeof(E) >= 4096;
+  if (stage_out) {  // output buffer: na rows (a) of nb elements (b); past-the-edge lanes unused
+    const int64_t po = nb_r + pad;
+    E* out = staging<E>((size_t)(na_r * po), 1);
+    for (int64_t b = 0; b < nb_r; b += R)
+      for (int64_t a = 0; a < na_r; a += R)
+        transpose_block<E>(in + a + b * pi, pi, out + a * po + b, po);
+    for (int64_t a = 0; a < na; ++a) copy_out(out + a * po, d + (a0 + a) * da + b0, nb);
+    _mm_sfence();  // order the streaming stores before the caller's next use of the data
+    return;
+  }
+  int64_t b = 0;
+  for (; b + R <= nb; b += R) {
+    int64_t a = 0;
+    for (; a + R <= na; a += R)
+      transpose_block<E>(in + a + b * pi, pi, d + (a0 + a) * da + b0 + b, da);
+    for (; a < na; ++a)
+      for (int64_t k = b; k < b + R; ++k) d[(a0 + a) * da + b0 + k] = in[a + k * pi];
+  }
+  for (; b < nb; ++b)
+    for (int64_t a = 0; a < na; ++a) d[(a0 + a) * da + b0 + b] = in[a + b * pi];
+}
+#endif
+
 // One tile [a0, a1) x [b0, b1): element (a, b) from s + a*sa + b*sb to d + a*da + b*db.
 template <typename E>
 void copy_tile(const E* s, E* d, int64_t a0, int64_t a1, int64_t b0, int64_t b1, int64_t sa,
                int64_t sb, int64_t da, int64_t db) {
 #if defined(__SSE2__)
-  if (sa == 1 && db == 1) {
-    constexpr int64_t R = 16 / (int64_t)sizeof(E);
-    int64_t b = b0;
-    for (; b + R <= b1; b += R) {
-      int64_t a = a0;
-      for (; a + R <= a1; a += R) transpose_block<E>(s + a + b * sb, sb, d + a * da + b, da);
-      for (; a < a1; ++a)
-        for (int64_t k = b; k < b + R; ++k) d[a * da + k] = s[a + k * sb];
-    }
-    for (; b < b1; ++b)
-      for (int64_t a = a0; a < a1; ++a) d[a * da + b] = s[a + b * sb];
-    return;
-  }
+  if (sa == 1 && db == 1) return copy_tile_transpose<E>(s, d, a0, a1, b0, b1, sb, da);
 #endif
   for (int64_t a = a0; a < a1; ++a)
     for (int64_t b = b0; b < b1; ++b) d[a * da + b * db] = s[a * sa + b * sb];
 }
 
 // The source runs along axis a, the destination along axis b != a: tiles of (a, b) per index of
-// the third axis, a innermost so consecutive tiles continue the same source lines.
+// the third axis, a innermost so consecutive tiles continue the same source lines. Tiles are
+// long along a (whole source lines of up to 1 KB) and about 32 KB in all.
 template <typename E>
 void copy_transposed(const Plan& p, int a, int b) {
   const int c = 3 - a - b;
-  constexpr int64_t T = sizeof(E) <= 2 ? 64 : 32;
-  const int64_t ta = (p.dim[a] + T - 1) / T, tb = (p.dim[b] + T - 1) / T;
+  constexpr int64_t R = 16 / (int64_t)sizeof(E);
+  const int64_t TA = std::min<int64_t>(p.dim[a], 1024 / (int64_t)sizeof(E));
+  const int64_t TB = std::max<int64_t>(R, (32 << 10) / (TA * (int64_t)sizeof(E)) / R * R);
+  const int64_t ta = (p.dim[a] + TA - 1) / TA, tb = (p.dim[b] + TB - 1) / TB;
   const int64_t tasks = p.dim[c] * tb * ta;
   const int64_t bytes = p.dim[0] * p.dim[1] * p.dim[2] * (int64_t)sizeof(E);
   const E* src = reinterpret_cast<const E*>(p.src);
   E* dst = reinterpret_cast<E*>(p.dst);
-#pragma omp parallel for schedule(static) if (parallel_ok(bytes, kMinParallelBytes))
-  for (int64_t t = 0; t < tasks; ++t) {
+  parallel_tasks(tasks, bytes, kMinParallelBytes, [&](int64_t t) {
     const int64_t ia = t % ta, rest = t / ta;
     const int64_t ib = rest % tb, ic = rest / tb;
-    const int64_t a0 = ia * T, b0 = ib * T;
-    copy_tile<E>(src + ic * p.ss[c], dst + ic * p.ds[c], a0, std::min(p.dim[a], a0 + T), b0,
-                 std::min(p.dim[b], b0 + T), p.ss[a], p.ss[b], p.ds[a], p.ds[b]);
-  }
+    const int64_t a0 = ia * TA, b0 = ib * TB;
+    copy_tile<E>(src + ic * p.ss[c], dst + ic * p.ds[c], a0, std::min(p.dim[a], a0 + TA), b0,
+                 std::min(p.dim[b], b0 + TB), p.ss[a], p.ss[b], p.ds[a], p.ds[b]);
+  });
 }
 
 template <typename E>

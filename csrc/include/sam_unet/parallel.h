@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 namespace sam_unet {
 
@@ -18,5 +19,14 @@ bool parallel_ok(int64_t work = 1, int64_t min_work = 0);
 // True when this process runs the ops serially because it was forked after the parent had run
 // them in parallel.
 bool serial_after_fork();
+
+// fn(t) for every t in [0, tasks), on the calling thread and on helper threads that are free to
+// join. The tasks go to whoever asks next, and the caller waits only for helpers that have
+// already taken a task: on a busy machine a helper that is not scheduled in time finds no work
+// left, where an OpenMP region would wait for it at its barrier (milliseconds per call). One
+// call at a time uses the helpers; a concurrent call (another thread) runs on its own thread.
+// Serial below min_work and where parallel_ok() says so. fn must not throw.
+void parallel_tasks(int64_t tasks, int64_t work, int64_t min_work,
+                    const std::function<void(int64_t)>& fn);
 
 }  // namespace sam_unet
