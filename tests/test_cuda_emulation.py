@@ -290,6 +290,33 @@ def test_waits_for_the_producer_stream(emu) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# why CUDA cannot run, in words (csrc/cuda/device_query.cu against an emulated driver)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "driver,error,count,expected",
+    [
+        (13000, 0, 1, ""),
+        (12020, 35, 0, "CUDA driver 12.2 is older than the runtime 13.0 this module was built "
+                       "with; update the driver or build with an older toolkit"),
+        (0, 35, 0, "no NVIDIA driver was found (libcuda.so cannot be loaded); install the NVIDIA "
+                   "driver to use the CUDA ops (this module's CUDA runtime is 13.0)"),
+        (13000, 100, 0, "no CUDA device is visible (driver CUDA 13.0); check nvidia-smi and "
+                        "CUDA_VISIBLE_DEVICES"),
+        (12080, 0, 0, "no CUDA device is visible (driver CUDA 12.8); check nvidia-smi and "
+                      "CUDA_VISIBLE_DEVICES"),
+        (13000, 803, 0, "the NVIDIA kernel module and the user-mode driver (libcuda.so, CUDA "
+                        "13.0) are different versions; reboot or reinstall the driver"),
+    ],
+)  # fmt: skip
+def test_unavailable_reason_in_words(emu, driver, error, count, expected) -> None:
+    emu.set_driver(driver, error, count)
+    try:
+        assert emu.unavailable_reason() == expected
+    finally:
+        emu.set_driver(13000, 0, 1)
+
+
+# --------------------------------------------------------------------------------------------
 # past 2**31 voxels (lazily mapped zero pages: only the slices computed use memory)
 # --------------------------------------------------------------------------------------------
 @pytest.mark.slow

@@ -356,10 +356,11 @@ class _DeviceArray:
 
 
 def test_cuda_status_in_words() -> None:
-    from sam_unet._native import build_info
+    from sam_unet._native import build_info, cuda_status
 
     info = build_info()
     status = info["cuda_status"]
+    assert cuda_status() == status
     assert isinstance(status, str) and status
     if info["device_count"] > 0:
         assert status == "ok"

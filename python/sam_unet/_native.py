@@ -24,5 +24,13 @@ def native() -> ModuleType:
 
 
 def build_info() -> dict:
-    """What the native module was compiled with: see ``sam_unet._C.build_info``."""
+    """What the native module was compiled with and can use here: see ``sam_unet._C.build_info``
+    (``cuda_status``: "ok" or why the CUDA ops cannot run, in words)."""
     return dict(native().build_info())
+
+
+def cuda_status() -> str:
+    """"ok" when the native CUDA ops can run here, else why not, in words: built without CUDA,
+    no NVIDIA driver, a driver older than the CUDA runtime the module was built with (with both
+    versions), no visible device."""
+    return str(native().build_info()["cuda_status"])

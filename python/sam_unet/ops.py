@@ -3,7 +3,13 @@
 Where the data lives decides where an op runs: NumPy arrays and torch CPU tensors run the C++ CPU
 op (OpenMP), torch CUDA tensors and CuPy arrays run the CUDA op on their device, asynchronously on
 ``stream`` (default: the array library's current stream). Inputs are read in place with any
-strides (negative included); outputs are written in place, nothing else is allocated per volume.
+strides (negative included); outputs are written in place, nothing else is allocated per volume
+(CUDA scratch memory comes from the array library's allocator).
+
+:func:`reads_natively` says which volumes :func:`preprocess` reads in place (dtype and byte
+order); :func:`gather_slices` / :func:`scatter_slices` move slices between a volume of any layout
+and a contiguous slab (the host side of the GPU pipeline). A process forked after these ops ran
+on threads runs them serially (GNU OpenMP's thread pool does not survive fork).
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ def rewrite_launches(text: str) -> tuple[str, int]:
 
 def _inputs(csrc: Path) -> list[Path]:
     files = [csrc / "cuda" / "ops_cuda.cu", csrc / "cuda" / "ops_kernels.cuh",
+             csrc / "cuda" / "device_query.cu",
              csrc / "cpu" / "ops_cpu.cpp", csrc / "cpu" / "parallel.cpp"]  # fmt: skip
     files += sorted((csrc / "include" / "sam_unet").glob("*.h"))
     files += [HERE / name for name in SHIM]
@@ -82,6 +83,7 @@ def build(cxx: str | None = None) -> Path:
     cuda = ["-D__CUDACC__", "-DSAMUNET_WITH_CUDA=1", "-I", str(work), "-I", str(HERE)]
     units = [
         (work / "ops_cuda.cu", [*cuda, *include, "-x", "c++"]),
+        (csrc / "cuda" / "device_query.cu", [*cuda, *include, "-x", "c++"]),
         (csrc / "cpu" / "ops_cpu.cpp", ["-DSAMUNET_WITH_CUDA=1", *include]),
         (csrc / "cpu" / "parallel.cpp", include),
         (HERE / "emu_runtime.cpp", ["-I", str(HERE)]),

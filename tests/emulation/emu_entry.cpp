@@ -97,6 +97,15 @@ int emu_postprocess(const void* logits, int logit_dtype, void* out, const int64_
   }
 }
 
+// Why the CUDA ops cannot run, in words (csrc/cuda/device_query.cu), "" when they can.
+size_t emu_cuda_unavailable_reason(char* buf, size_t len) {
+  const std::string why = sam_unet::cuda_unavailable_reason();
+  const size_t n = why.size() < len - 1 ? why.size() : len - 1;
+  std::memcpy(buf, why.data(), n);
+  buf[n] = 0;
+  return why.size();
+}
+
 int emu_stream_wait(uintptr_t consumer, uintptr_t producer, char* err, size_t len) {
   try {
     sam_unet::cuda_stream_wait(reinterpret_cast<cudaStream_t>(consumer), producer);

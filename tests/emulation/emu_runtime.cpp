@@ -334,8 +334,21 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
   log("eventDestroy e" + std::to_string((uintptr_t)event));
   return cudaSuccess;
 }
+namespace emu {
+// What the emulated driver reports (emu_set_driver): its CUDA version (0: no driver), the error
+// of cudaGetDeviceCount and the device count.
+int g_driver_version = CUDART_VERSION;
+cudaError_t g_count_error = cudaSuccess;
+int g_device_count = 1;
+}  // namespace emu
+
 cudaError_t cudaGetDeviceCount(int* count) {
-  *count = 1;
+  if (emu::g_count_error != cudaSuccess) {
+    *count = 0;
+    emu::g_last_error = emu::g_count_error;
+    return emu::g_count_error;
+  }
+  *count = emu::g_device_count;
   return cudaSuccess;
 }
 cudaError_t cudaGetDevice(int* device) {
@@ -353,7 +366,7 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* pt
   return cudaSuccess;
 }
 cudaError_t cudaDriverGetVersion(int* version) {
-  *version = CUDART_VERSION;
+  *version = emu::g_driver_version;
   return cudaSuccess;
 }
 cudaError_t cudaRuntimeGetVersion(int* version) {
@@ -377,6 +390,12 @@ size_t emu_take_log(char* buf, size_t len) {
     buf[n] = 0;
   }
   return all.size();
+}
+
+void emu_set_driver(int version, int count_error, int count) {
+  emu::g_driver_version = version;
+  emu::g_count_error = (cudaError_t)count_error;
+  emu::g_device_count = count;
 }
 
 int emu_live_allocations() {

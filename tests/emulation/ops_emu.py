@@ -63,6 +63,10 @@ class EmulatedOps:
         lib.emu_take_error.restype = c.c_size_t
         lib.emu_take_error.argtypes = [c.c_char_p, c.c_size_t]
         lib.emu_live_allocations.restype = c.c_int
+        lib.emu_set_driver.restype = None
+        lib.emu_set_driver.argtypes = [c.c_int, c.c_int, c.c_int]
+        lib.emu_cuda_unavailable_reason.restype = c.c_size_t
+        lib.emu_cuda_unavailable_reason.argtypes = [c.c_char_p, c.c_size_t]
         self.lib = lib
 
     # -- reading the shim's records --------------------------------------------------------------
@@ -71,6 +75,16 @@ class EmulatedOps:
         buf = ctypes.create_string_buffer(size + 1)
         self.lib.emu_take_log(buf, size + 1)
         return [line for line in buf.value.decode().split("\n") if line]
+
+    def set_driver(self, version: int, count_error: int = 0, count: int = 1) -> None:
+        """What the emulated driver reports: CUDA version (e.g. 12020; 0 = no driver), the
+        cudaError_t of cudaGetDeviceCount, and the device count."""
+        self.lib.emu_set_driver(version, count_error, count)
+
+    def unavailable_reason(self) -> str:
+        buf = ctypes.create_string_buffer(1024)
+        self.lib.emu_cuda_unavailable_reason(buf, 1024)
+        return buf.value.decode()
 
     def live_allocations(self) -> int:
         return int(self.lib.emu_live_allocations())
