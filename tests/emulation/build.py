@@ -72,6 +72,20 @@ def build(cxx: str | None = None) -> Path:
         return lib
     cache_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=cache_root, prefix="build-"))
+    try:
+        _compile(cxx, csrc, work, lib.name)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    try:
+        work.rename(target)
+    except OSError:  # built concurrently by another session: use theirs
+        shutil.rmtree(work, ignore_errors=True)
+    return lib
+
+
+def _compile(cxx: str, csrc: Path, work: Path, lib_name: str) -> None:
+    """Rewrite the launches into `work`, compile every unit (two at a time) and link."""
     launches = 0
     for name in ("ops_cuda.cu", "ops_kernels.cuh"):
         text, count = rewrite_launches((csrc / "cuda" / name).read_text())
@@ -89,6 +103,7 @@ def build(cxx: str | None = None) -> Path:
         (HERE / "emu_runtime.cpp", ["-I", str(HERE)]),
         (HERE / "emu_entry.cpp", include),
     ]
+
     def compile_unit(i: int) -> subprocess.CompletedProcess:
         src, flags = units[i]
         cmd = [cxx, *CXXFLAGS, *flags, "-c", str(src), "-o", str(work / f"{i}_{src.stem}.o")]
@@ -99,12 +114,7 @@ def build(cxx: str | None = None) -> Path:
             if done.returncode != 0:
                 raise BuildError(f"{' '.join(done.args)}\n{done.stdout}{done.stderr}")
     objs = sorted(str(p) for p in work.glob("*.o"))
-    link = subprocess.run([cxx, "-shared", "-pthread", "-o", str(work / lib.name), *objs],
+    link = subprocess.run([cxx, "-shared", "-pthread", "-o", str(work / lib_name), *objs],
                           capture_output=True, text=True)  # fmt: skip
     if link.returncode != 0:
         raise BuildError(link.stdout + link.stderr)
-    try:
-        work.rename(target)
-    except OSError:  # built concurrently by another session: use theirs
-        shutil.rmtree(work, ignore_errors=True)
-    return lib
