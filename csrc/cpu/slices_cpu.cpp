@@ -212,13 +212,13 @@ void copy_tile(const E* s, E* d, int64_t a0, int64_t a1, int64_t b0, int64_t b1,
 
 // The source runs along axis a, the destination along axis b != a: tiles of (a, b) per index of
 // the third axis, a innermost so consecutive tiles continue the same source lines. Tiles are
-// long along a (whole source lines of up to 1 KB) and about 32 KB in all.
+// long along a (whole source lines of up to 1 KB) and about 16 KB in all.
 template <typename E>
 void copy_transposed(const Plan& p, int a, int b) {
   const int c = 3 - a - b;
   constexpr int64_t R = 16 / (int64_t)sizeof(E);
   const int64_t TA = std::min<int64_t>(p.dim[a], 1024 / (int64_t)sizeof(E));
-  const int64_t TB = std::max<int64_t>(R, (32 << 10) / (TA * (int64_t)sizeof(E)) / R * R);
+  const int64_t TB = std::max<int64_t>(R, (16 << 10) / (TA * (int64_t)sizeof(E)) / R * R);
   const int64_t ta = (p.dim[a] + TA - 1) / TA, tb = (p.dim[b] + TB - 1) / TB;
   const int64_t tasks = p.dim[c] * tb * ta;
   const int64_t bytes = p.dim[0] * p.dim[1] * p.dim[2] * (int64_t)sizeof(E);
