@@ -213,13 +213,14 @@ def markdown(rows: list[dict]) -> str:
 
 def slab_markdown(rows: list[dict]) -> str:
     lines = [
-        "| layout | op | volume | slab | ms (median) | GB/s | memcpy GB/s | of memcpy |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| layout | op | volume | slab | ms (median) | slices/s | GB/s | memcpy GB/s | of memcpy |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['layout']} | {r['op']} | {r['shape']} | {r['slab']} | {r['seconds'] * 1e3:.1f} "
-            f"| {r['gbps']:.2f} | {r['memcpy_gbps']:.2f} | {r['fraction_of_memcpy']:.0%} |"
+            f"| {r['slices_per_s']:.0f} | {r['gbps']:.2f} | {r['memcpy_gbps']:.2f} "
+            f"| {r['fraction_of_memcpy']:.0%} |"
         )
     return "\n".join(lines)
 

@@ -143,7 +143,8 @@ def run_slab_copy_bench(shape: tuple[int, int, int] = (512, 512, 192), slab: int
             t_ref = time_fn(ref, runs=runs).median  # fmt: skip
             t_op = time_fn(fn, runs=runs).median
             rows.append({"layout": name, "op": op, "shape": "x".join(map(str, shape)),
-                         "slab": slab, "seconds": t_op, "gbps": nbytes / t_op / 1e9,
+                         "slab": slab, "seconds": t_op, "slices_per_s": z / t_op,
+                         "gbps": nbytes / t_op / 1e9,
                          "memcpy_gbps": nbytes / t_ref / 1e9,
                          "fraction_of_memcpy": t_ref / t_op})  # fmt: skip
     return rows
