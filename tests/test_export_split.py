@@ -155,18 +155,50 @@ def test_split_export_needs_the_whole_model_first(tmp_path, demo_model):
 
 
 def test_tensorrt_split_engine_paths_and_missing_graphs(tmp_path):
-    from sam_unet.export.tensorrt_split import (
-        build_split_engines,
-        existing_split_engines,
-        split_engine_paths,
-    )
+    from sam_unet.export.tensorrt_split import build_split_engines, split_engine_paths
 
     enc, dec = split_engine_paths(tmp_path / "model.engine")
     assert (enc.name, dec.name) == ("model.encoder.engine", "model.decoder.engine")
-    assert existing_split_engines(tmp_path / "model.engine") is None
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(b"")  # no split graphs beside it: nothing to build, TensorRT untouched
     assert build_split_engines(onnx_path, tmp_path / "model.engine") is None
+
+
+def test_tensorrt_split_engines_are_used_only_with_their_whole_engine(tmp_path):
+    """The pair beside X.engine is used when its sidecars name the whole ONNX that X.engine was
+    built from (what build_split_engines records); a pair from another model is ignored.
+    (Sidecars and files only: the engines themselves need TensorRT and a GPU.)"""
+    import json
+
+    from sam_unet.export.tensorrt_split import _tag_sidecar
+    from sam_unet.runtime.tensorrt_backend import matching_split_engines, split_engine_paths
+    from sam_unet.runtime.tensorrt_sidecar import EngineSpec, sidecar_path, write_sidecar
+
+    def spec(onnx_sha):
+        return EngineSpec(onnx_sha, "NVIDIA H200", "9.0", "10.9.0", "1:1:1,1:32:64")
+
+    whole = tmp_path / "model.engine"
+    whole.write_bytes(b"plan")
+    write_sidecar(whole, spec("a" * 64))
+    assert matching_split_engines(whole) is None  # none beside it
+    enc, dec = split_engine_paths(whole)
+    for path, sha in ((enc, "e" * 64), (dec, "d" * 64)):
+        path.write_bytes(b"plan")
+        write_sidecar(path, spec(sha))
+    assert matching_split_engines(whole) is None  # not tagged: not known to belong
+    _tag_sidecar(enc, "a" * 64)
+    assert matching_split_engines(whole) is None  # one of two
+    _tag_sidecar(dec, "a" * 64)
+    assert matching_split_engines(whole) == (enc, dec)
+    write_sidecar(whole, spec("b" * 64))  # X.engine rebuilt from another model
+    assert matching_split_engines(whole) is None
+    _tag_sidecar(enc, "b" * 64)
+    _tag_sidecar(dec, "b" * 64)
+    assert matching_split_engines(whole) == (enc, dec)
+    doc = json.loads(sidecar_path(dec).read_text())
+    doc["gpu_name"] = "edited"  # a sidecar whose key no longer matches: not trusted
+    sidecar_path(dec).write_text(json.dumps(doc))
+    assert matching_split_engines(whole) is None
 
 
 def test_tensorrt_backend_needs_tensorrt_or_both_split_engines(tmp_path):

@@ -76,9 +76,19 @@ def run(args: argparse.Namespace) -> int:
         fp32_name_patterns=tuple(args.fp32_name),
         verbose=args.verbose,
     )
+    from sam_unet.export.tensorrt_split import build_split_engines
+
+    # NAME.encoder.onnx / NAME.decoder.onnx beside the file (sam-unet export --split): their
+    # engines go beside this one, for sessions and propagation (decoder-only calls)
+    split = build_split_engines(
+        onnx_path, path, force=args.force, device=args.device, fp16=args.fp16,
+        profiles=profiles, timing_cache=args.timing_cache, workspace_gib=args.workspace_gib,
+        fp32_layers=fp32_layers, fp32_name_patterns=tuple(args.fp32_name), verbose=args.verbose)
     what = "built" if built else "up to date, reused"
     print(f"{what}: {path} ({'fp16' if spec.fp16 else 'fp32'}, profiles "
           f"{format_profiles(spec.profiles)}, {spec.gpu_name} sm_"
           f"{spec.compute_capability.replace('.', '')}, TensorRT {spec.tensorrt_version}) "
           f"in {time.perf_counter() - t0:.1f} s; sidecar {sidecar_path(path)}")
+    if split is not None:
+        print(f"encoder and decoder engines: {split[0]}, {split[1]}")
     return 0

@@ -15,6 +15,7 @@ import time
 
 EXAMPLES = """\
   sam-unet export onnx --checkpoint runs/mni/best.pt -o model.onnx --verify
+  sam-unet export onnx --checkpoint runs/mni/best.pt -o model.onnx --split   + encoder/decoder
   sam-unet export onnx --checkpoint published.pt --prompt-mode box --label 1=liver -o model.onnx
   sam-unet export onnx --random-init --variant tiny -o tiny.onnx     testing only"""
 
@@ -42,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="relative error limit for --verify (max|diff|/max|ref|)")
     parser.add_argument("--verify-batches", default="1,3",
                         help="batch sizes --verify runs (comma separated)")
+    parser.add_argument("--split", action="store_true",
+                        help="also write NAME.encoder.onnx and NAME.decoder.onnx beside the "
+                             "file (SAM's deployment split: sessions and propagation decode a "
+                             "new box without running the encoder again)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init and --verify")
     info = parser.add_argument_group("model info (default: what the checkpoint records)")
     info.add_argument("--normalize", choices=["slice-minmax", "window"],
@@ -160,4 +165,19 @@ def run(args: argparse.Namespace) -> int:
             out.unlink(missing_ok=True)
             raise
         print(f"verify: {report} -- OK")
+    if args.split:
+        from sam_unet.export.onnx_split import export_split_onnx, verify_split_onnx
+
+        t0 = time.perf_counter()
+        enc, dec = export_split_onnx(model, out, opset=args.opset, exporter=args.exporter)
+        print(f"wrote {enc} and {dec} in {time.perf_counter() - t0:.1f} s")
+        if args.verify:
+            try:
+                split_report = verify_split_onnx(model, out, batch_sizes=batches,
+                                                 rtol=args.rtol, seed=args.seed)
+            except Exception:
+                enc.unlink(missing_ok=True)
+                dec.unlink(missing_ok=True)
+                raise
+            print(f"verify: {split_report} -- OK")
     return 0

@@ -25,7 +25,9 @@ EXAMPLES = """\
   sam-unet segment -i ct.nii.gz -o masks/ --onnx model.onnx       masks/ct_seg.nii.gz
   sam-unet segment -i scans/ -o masks/ --checkpoint best.pt --continue
   sam-unet segment -i ct.nii.gz -o ct_liver.nii.gz --onnx model.onnx \\
-      --box 100 80 20 180 160 60                         a 3D box prompt, voxels of the file"""
+      --box 100 80 20 180 160 60                         a 3D box prompt, voxels of the file
+  sam-unet segment -i t1.nii.gz -o wm.nii.gz --checkpoint best.pt --seed-box 100 40 50 160 190
+                                                       one box on slice 100, followed in 3D"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "orientation; corners inclusive), mapped through the "
                              "reorientation; slices outside it along the slicing axis stay "
                              "empty (default: none, full-slice prompts)")
+    parser.add_argument("--seed-box", nargs=5, type=float, default=None,
+                        metavar=("Z", "X0", "Y0", "X1", "Y1"),
+                        help="propagation: one 2D box on slice Z (Z along the FILE axis that "
+                             "becomes the slicing axis; the box over the two other file axes "
+                             "in increasing order, corners inclusive); the structure is followed "
+                             "slice by slice in both directions until it ends (default: none)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="slices per model call (default: 32 on CUDA, 8 on the CPU)")
     parser.add_argument("--continue", dest="resume", action="store_true",
@@ -170,6 +178,12 @@ def run(args: argparse.Namespace) -> int:
               "number of slices", file=sys.stderr)
         return 2
 
+    try:
+        seed = _seed(args)
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
     # 1. outputs planned and checked against the inputs before anything is read or written
     in_path = Path(args.input)
     folder_input = in_path.is_dir() and not is_input(in_path)
@@ -240,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 run_job(job, engine, axis=args.axis, window=args.window,
                         normalize=args.normalize, boxes=args.box, batch_size=args.batch_size,
+                        seed=seed,
                         structures=structures, series_uid=args.series)
             except Exception as exc:  # noqa: BLE001 - one line per failed file
                 if args.debug:
@@ -254,6 +269,21 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     _report(rank, world, done, skipped, failed)
     return 1 if failed else 0
+
+
+def _seed(args: argparse.Namespace):
+    """--seed-box as a SeedPrompt (None without it); ValueError for a bad or clashing one."""
+    if args.seed_box is None:
+        return None
+    from sam_unet.runtime.propagate import SeedPrompt
+
+    z, *box = args.seed_box
+    if z != int(z) or z < 0:
+        raise ValueError(f"--seed-box: the slice Z must be an index >= 0, got {z:g}")
+    if args.box is not None or getattr(args, "prompts", None):
+        raise ValueError("--seed-box cannot be combined with --box or --prompts; for several "
+                         'structures put a "propagate" prompt in the prompts file')
+    return SeedPrompt(int(z), tuple(box))
 
 
 def summary_line(done: int, skipped: int, failed: int) -> str:

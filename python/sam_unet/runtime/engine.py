@@ -172,6 +172,9 @@ class Engine:
 
                 info = checked(read_metadata(path))  # before a build of minutes
                 engine_path = build_engine_cached(path)
+                from sam_unet.export.tensorrt_split import build_split_engines
+
+                build_split_engines(path, engine_path)  # found beside it by the backend
                 return cls.from_engine_file(engine_path, device=device, batch_size=batch_size,
                                             model_info=info)
             backend = "onnxruntime"
@@ -285,7 +288,9 @@ class Engine:
         """Segment several structures of one volume into a uint8 label map (0 = background).
 
         structures: a sequence of :class:`~sam_unet.runtime.prompts.StructurePrompt` (name,
-            label 1..255, boxes / box_mask as for :meth:`segment`, in the volume's voxel frame).
+            label 1..255, boxes / box_mask as for :meth:`segment`, in the volume's voxel frame,
+            or a ``propagate`` seed: the structure is first followed from it, see
+            :meth:`propagate`, then decoded with the boxes of that walk).
         A slice needed by several structures is preprocessed once; where the backend can split
         the model (``backend.can_split``) it is encoded once and decoded per structure, else the
         whole model runs per structure. Where structures overlap, the one with the higher logit
@@ -296,6 +301,11 @@ class Engine:
         """
         view = as_volume(volume)
         items = check_structures(structures)
+        if any(s.propagate is not None for s in items):
+            from sam_unet.runtime.propagate import walked_structures
+
+            items = walked_structures(self, volume, items, axis=axis, window=window,
+                                      normalize=normalize, batch_size=batch_size)
         prompted = all(s.boxes is not None or s.box_mask is not None for s in items)
         feed = self._feed(view, axis, window, normalize, prompted=prompted,
                           scores=return_scores)

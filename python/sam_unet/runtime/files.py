@@ -53,14 +53,25 @@ def slicing_axis(engine: Any, axis: int | None) -> int:
 
 
 def predict(engine: Any, volume: Volume, *, axis: int | None = None, boxes: Any = None,
-            box_mask: Any = None, **options: Any) -> np.ndarray:
+            box_mask: Any = None, seed: Any = None, **options: Any) -> np.ndarray:
     """Segment ``volume`` with prompts given in its file's voxel frame.
 
     Returns the uint8 mask in canonical order (shape ``volume.shape``). ``options`` (window,
     normalize, batch_size) go to ``Engine.segment``; options left None are not passed, so the
-    engine takes them from the model file.
+    engine takes them from the model file. ``seed`` (a
+    :class:`~sam_unet.runtime.propagate.SeedPrompt` in the file's frame, instead of boxes):
+    one box on one slice followed through the volume (``Engine.propagate``).
     """
     try:
+        if seed is not None:
+            from sam_unet.runtime.propagate import seed_to_canonical
+
+            if boxes is not None or box_mask is not None:
+                raise ValueError("give either a seed box (propagation) or boxes, not both")
+            cseed = seed_to_canonical(volume, slicing_axis(engine, axis), seed)
+            kwargs = {k: v for k, v in dict(options, axis=axis).items() if v is not None}
+            return engine.propagate(volume.data, cseed.slice_index, cseed.box, **kwargs,
+                                    **cseed.options())
         cboxes, cmask = volume.prompts_to_canonical(slicing_axis(engine, axis), boxes, box_mask)
         kwargs = {k: v for k, v in dict(options, axis=axis, boxes=cboxes, box_mask=cmask).items()
                   if v is not None}
@@ -90,7 +101,8 @@ def write_outputs(job: Job, mask: np.ndarray, volume: Volume, engine: Any,
 def segment_file(in_path: str | os.PathLike, out_path: str | os.PathLike, engine: Any, *,
                  axis: int | None = None, window: Any = None, normalize: str | None = None,
                  boxes: Any = None, box_mask: Any = None, batch_size: int | None = None,
-                 structures: Any = None, series_uid: str | None = None) -> Path:
+                 structures: Any = None, series_uid: str | None = None, seed: Any = None
+                 ) -> Path:
     """Segment one volume file and write a uint8 label NIfTI; returns the output path.
 
     Inputs: NIfTI-1/2, NRRD/MetaImage (SimpleITK), or a DICOM series (a folder, a zip or one
@@ -110,7 +122,10 @@ def segment_file(in_path: str | os.PathLike, out_path: str | os.PathLike, engine
     - ``boxes={k: (a0, b0, a1, b1)}`` (or an (S, 4) array, NaN rows skipped): per-slice boxes,
       ``k`` indexing the file axis that becomes the canonical slicing axis ``axis`` and each box
       spanning the two other file axes in increasing order;
-    - ``box_mask`` (or ``boxes``) a mask volume of the file's 3D shape.
+    - ``box_mask`` (or ``boxes``) a mask volume of the file's 3D shape;
+    - ``seed``: a :class:`~sam_unet.runtime.propagate.SeedPrompt` (one box on slice ``k``, ``k``
+      and the box as for per-slice boxes): the structure is followed from it slice by slice
+      (``Engine.propagate``; "forward" means increasing ``k`` of the file).
 
     ``axis`` is the slicing axis of the canonical volume (0 sagittal, 1 coronal, 2 or -1
     axial); ``axis``, ``window``, ``normalize`` and ``batch_size`` left None come from the model
@@ -137,7 +152,7 @@ def segment_file(in_path: str | os.PathLike, out_path: str | os.PathLike, engine
                               "writable output folder")
     run_job(job, engine, axis=axis, boxes=boxes, box_mask=box_mask, window=window,
             normalize=normalize, batch_size=batch_size, structures=structures,
-            series_uid=series_uid)
+            series_uid=series_uid, seed=seed)
     return job.labels
 
 
@@ -158,6 +173,11 @@ def run_job(job: Job, engine: Any, *, structures: Any = None, series_uid: str | 
         volume = read_volume(job.source)
     if structures is not None:
         from sam_unet.runtime.images import segment_volume
+
+        if options.get("seed") is not None:
+            raise ValueError("give either a seed box (propagation) or a prompts file; put the "
+                             'seed in the prompts file as a "propagate" structure')
+        options.pop("seed", None)
 
         mask, names = segment_volume(volume, engine, structures=structures, **options)
         return write_outputs(job, np.asarray(mask), volume, engine, names)

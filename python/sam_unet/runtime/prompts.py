@@ -34,12 +34,15 @@ from sam_unet.runtime.plan import SliceGeometry
 class StructurePrompt:
     """One structure to segment: its ``name``, its ``label`` value (1..255) in the label map,
     and its prompt (``boxes`` / ``box_mask`` as for ``Engine.segment``, in the volume's voxel
-    frame; both None: the full-slice box on every slice)."""
+    frame; both None: the full-slice box on every slice), or ``propagate``: a
+    :class:`~sam_unet.runtime.propagate.SeedPrompt` (one box on one slice, followed through the
+    volume; the structure is then decoded with the boxes of that walk)."""
 
     name: str
     label: int
     boxes: Any = None
     box_mask: Any = None
+    propagate: Any = None
 
 
 def mask_slice_box(mask2d: np.ndarray) -> np.ndarray | None:

@@ -9,7 +9,9 @@ A JSON object with one key, ``structures``, a list of objects::
          "slice_boxes": {"5": [20, 20, 30, 34], "6": [20, 21, 30, 33]}},
         {"name": "lesion", "label": 3,
          "from_label_map": {"file": "coarse.nii.gz", "value": 3}},
-        {"name": "brain", "label": 4, "full_slice": true}
+        {"name": "brain", "label": 4, "full_slice": true},
+        {"name": "tumour", "label": 5,
+         "propagate": {"slice": 7, "box": [22, 30, 41, 52], "margin": 3}}
       ]
     }
 
@@ -25,7 +27,13 @@ in the output label map; 0 is the background) and exactly one prompt:
 - ``from_label_map``: ``{"file": path, "value": v}``: the voxels of value ``v`` in a coarse label
   map on the input's voxel grid (same shape and affine; a path relative to the prompts file's
   folder); each slice gets the box of its largest connected component;
-- ``full_slice: true``: the whole slice as the box (models trained with full-slice boxes).
+- ``full_slice: true``: the whole slice as the box (models trained with full-slice boxes);
+- ``propagate``: ``{"slice": k, "box": [a0, b0, a1, b1]}`` (slice and box as in
+  ``slice_boxes``), optionally ``"margin"`` (voxels, default 3), ``"min_area"`` (voxels, default
+  16) and ``"direction"`` ("both", "forward" = increasing ``k``, "backward"): one box on one
+  slice, and the structure is followed slice by slice through the volume (each next slice
+  prompted with the previous slice's mask box grown by the margin, until the mask falls under
+  the minimum area); see ``Engine.propagate``.
 
 Every index is in the INPUT's own voxel frame (its array axes as stored, whatever its
 orientation; for a DICOM series (column, row, slice)) and is mapped through the reorientation
@@ -138,12 +146,43 @@ def _full_slice(where: str, value: Any, base: Path) -> bool:
     return True
 
 
+def _propagate(where: str, value: Any, base: Path) -> Any:
+    from sam_unet.runtime.propagate import DIRECTIONS, SeedPrompt
+
+    keys = {"slice", "box", "margin", "min_area", "direction"}
+    if not isinstance(value, Mapping) or not {"slice", "box"} <= set(value) \
+            or set(value) - keys:
+        raise _fail(where, 'propagate must be {"slice": k, "box": [a0, b0, a1, b1]} with '
+                    f'optional "margin", "min_area", "direction"; got {json.dumps(value)}')
+    k = value["slice"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise _fail(where, f"propagate slice must be a slice index (an integer >= 0), got "
+                    f"{json.dumps(k)}")
+    box = _numbers(where, value["box"], 4, "the propagate box [a0, b0, a1, b1]")
+    if box[2] < box[0] or box[3] < box[1]:
+        raise _fail(where, f"the propagate box {json.dumps(value['box'])} has a1 < a0 or b1 < b0")
+    margin = value.get("margin", 3.0)
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not margin >= 0:
+        raise _fail(where, f"propagate margin must be a number of voxels >= 0, got "
+                    f"{json.dumps(margin)}")
+    min_area = value.get("min_area", 16)
+    if isinstance(min_area, bool) or not isinstance(min_area, int) or min_area < 1:
+        raise _fail(where, f"propagate min_area must be an integer number of voxels >= 1, got "
+                    f"{json.dumps(min_area)}")
+    direction = value.get("direction", "both")
+    if direction not in DIRECTIONS:
+        raise _fail(where, f"propagate direction must be one of {list(DIRECTIONS)}, got "
+                    f"{json.dumps(direction)}")
+    return SeedPrompt(k, tuple(float(v) for v in box), float(margin), int(min_area), direction)
+
+
 # prompt key -> checker(where, json value, folder of the file) -> the spec's value
 PROMPT_KINDS: dict[str, Callable[[str, Any, Path], Any]] = {
     "box": _box,
     "slice_boxes": _slice_boxes,
     "from_label_map": _from_label_map,
     "full_slice": _full_slice,
+    "propagate": _propagate,
 }
 
 
@@ -244,7 +283,7 @@ class StructuresFile:
         out = []
         for s in self.structures:
             where = f"{self.source}: structure {s.name!r}"
-            boxes = mask = None
+            boxes = mask = seed = None
             try:
                 if s.kind in ("box", "slice_boxes"):
                     boxes, _ = volume.prompts_to_canonical(axis, boxes=s.value)
@@ -257,13 +296,18 @@ class StructuresFile:
                         raise _fail(where, f"the coarse label map {file} has no voxel of value "
                                     f"{value}")
                     _, mask = volume.prompts_to_canonical(axis, box_mask=found)
+                elif s.kind == "propagate":
+                    from sam_unet.runtime.propagate import seed_to_canonical
+
+                    seed = seed_to_canonical(volume, axis, s.value)
                 elif s.kind != "full_slice":
                     raise _fail(where, f"prompt kind {s.kind!r} has no mapping")
             except StructuresFileError:
                 raise
             except ValueError as exc:
                 raise _fail(where, f"{exc}") from exc
-            out.append(StructurePrompt(name=s.name, label=s.label, boxes=boxes, box_mask=mask))
+            out.append(StructurePrompt(name=s.name, label=s.label, boxes=boxes, box_mask=mask,
+                                       propagate=seed))
         return out
 
 

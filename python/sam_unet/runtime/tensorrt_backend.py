@@ -9,6 +9,7 @@ the torch CUDA tensors' device pointers and enqueues on the backend's stream.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -21,6 +22,35 @@ from sam_unet.runtime.backend_checks import (
 from sam_unet.runtime.tensorrt_engine import import_tensorrt, load_engine
 from sam_unet.runtime.tensorrt_profiles import format_profiles, select_profile
 from sam_unet.runtime.tensorrt_profiles import max_batch as profiles_max_batch
+
+WHOLE_ONNX_KEY = "whole_onnx_sha256"  # split engines' sidecars: the whole ONNX they belong to
+
+
+def split_engine_paths(engine_path: str | os.PathLike) -> tuple[Path, Path]:
+    """(``X.encoder.engine``, ``X.decoder.engine``) beside ``X.engine``."""
+    p = Path(engine_path)
+    stem = p.name[: -len(".engine")] if p.name.endswith(".engine") else p.name
+    return p.with_name(f"{stem}.encoder.engine"), p.with_name(f"{stem}.decoder.engine")
+
+
+def matching_split_engines(engine_path: str | os.PathLike) -> tuple[Path, Path] | None:
+    """The encoder and decoder engines beside ``engine_path`` when both are there and their
+    sidecars name the whole ONNX file that ``engine_path``'s own sidecar was built from (see
+    sam_unet.export.tensorrt_split); None otherwise."""
+    from sam_unet.runtime.tensorrt_sidecar import read_sidecar, sidecar_path
+
+    pair = split_engine_paths(engine_path)
+    if not all(p.is_file() and sidecar_path(p).is_file() for p in pair):
+        return None
+    try:
+        _, whole = read_sidecar(engine_path)
+        docs = [read_sidecar(p)[1] for p in pair]
+    except (FileNotFoundError, ValueError):
+        return None
+    sha = whole.get("onnx_sha256")
+    if not sha or any(d.get(WHOLE_ONNX_KEY) != sha for d in docs):
+        return None
+    return pair
 
 
 class _TrtGraph:
@@ -135,6 +165,9 @@ class TensorRTBackend:
         self._encoder = self._decoder = None
         if (encoder_engine_path is None) != (decoder_engine_path is None):
             raise ValueError("pass both encoder_engine_path and decoder_engine_path, or neither")
+        if encoder_engine_path is None:  # the pair built beside this engine, if it matches
+            encoder_engine_path, decoder_engine_path = (
+                matching_split_engines(engine_path) or (None, None))
         if encoder_engine_path is not None:
             with torch.cuda.device(self._index):
                 self._encoder = _TrtGraph(load_engine(encoder_engine_path, device=self._index,
@@ -148,8 +181,8 @@ class TensorRTBackend:
 
     @property
     def can_split(self) -> bool:
-        """True when encoder and decoder engines were given (built from NAME.encoder.onnx and
-        NAME.decoder.onnx: see sam_unet.export.tensorrt_split)."""
+        """True when encoder and decoder engines were given or found beside the engine (built
+        from NAME.encoder.onnx and NAME.decoder.onnx: see sam_unet.export.tensorrt_split)."""
         return self._encoder is not None
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -199,7 +199,7 @@ threads={metrics['threads']})`: prepare -> train -> evaluate in a temporary fold
 - Model: `{r['variant']}`{_options(r)}, trained from scratch (image encoder trainable),
   {_prompt_text(r)}.
 - Training: focal + 20 x Dice (padding ignored), Adam lr {r['lr']}, batch {r['batch_size']},
-  {r['masks_per_image']} mask per image, {r['epochs']} epochs ({metrics['steps']} steps),
+  {r['masks_per_image']} mask(s) per image, {r['epochs']} epochs ({metrics['steps']} steps),
   MultiStepLR at epochs {list(r['milestones'])} (gamma {r['gamma']}), augmentation
   `{r['augment']}`, fused Adam, seed {metrics['seed']}, {metrics['threads']} CPU thread(s);
   validated from epoch {r.get('val_start', 1)} on, best.pt = the best pooled held-out Dice.

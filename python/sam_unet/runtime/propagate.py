@@ -1,0 +1,286 @@
+"""From one box to a 3D structure: follow it slice by slice.
+
+``propagate(session, k, prompt)`` segments slice ``k`` with the prompt (a 2D box, or a 2D mask
+whose bounding box is used), then walks to the neighbouring slices, forwards (increasing index)
+and backwards: each next slice is prompted with the bounding box of the previous slice's mask
+(all its foreground), grown by ``margin`` voxels on every side and clipped to the slice. A
+direction stops at the volume's edge, or at the first slice whose mask has fewer than
+``min_area`` voxels (that slice is left empty). Slices beyond the structure are never computed.
+
+Cost: the encoder (the expensive half) runs ahead of the walk in batches of ``lookahead`` slices
+along the direction of travel, one backend call per batch; only the decoder, which needs the
+previous slice's mask, runs slice by slice. Once the mask has shrunk under a quarter of the
+walk's largest (the structure is ending) the batches shrink to 2 slices, so few slices are
+encoded and never used (at most ``lookahead - 1`` per direction; they stay in a session's
+cache). Backends that cannot split run the whole model slice by slice.
+
+Frames: the 2D box ``(x0, y0, x1, y1)`` has x over the first remaining volume axis
+and y over the second (axial slices of an (X, Y, Z) volume: x over axis 0, y over axis 1),
+inclusive voxel corners; a 2D mask prompt has the slice's shape in the same order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DIRECTIONS = ("both", "forward", "backward")
+DEFAULT_MARGIN = 3.0  # voxels added on every side of the previous slice's mask box
+DEFAULT_MIN_AREA = 16  # voxels: a slice with a smaller mask ends the structure
+DEFAULT_LOOKAHEAD = 8  # slices encoded per encoder call ahead of the walk
+NEAR_END_FRACTION = 0.25  # a mask under this fraction of the walk's largest: near the end ...
+NEAR_END_LOOKAHEAD = 2  # ... where batches this short are encoded
+
+
+@dataclass
+class PropagationReport:
+    """What one propagation did.
+
+    seed: the prompted slice; slices: the slices written (sorted); boxes: {slice: the 2D box
+    (x0, y0, x1, y1) it was decoded with}, for each written slice; stopped: per direction,
+    why the walk ended; encoded: slices encoded by this call (cache hits excluded); unused:
+    encoded ahead but never decoded; encoder_calls / decoder_calls: backend calls;
+    seconds: wall time.
+    """
+
+    seed: int
+    slices: list[int] = field(default_factory=list)
+    boxes: dict[int, list[float]] = field(default_factory=dict)
+    stopped: dict[str, str] = field(default_factory=dict)
+    encoded: int = 0
+    unused: int = 0
+    encoder_calls: int = 0
+    decoder_calls: int = 0
+    seconds: float = 0.0
+
+    @property
+    def extent(self) -> tuple[int, int] | None:
+        """(first, last) slice written, or None."""
+        return (self.slices[0], self.slices[-1]) if self.slices else None
+
+
+def _check_options(margin: float, min_area: int, direction: str, lookahead: int) -> None:
+    if not np.isfinite(margin) or margin < 0:
+        raise ValueError(f"margin must be a number of voxels >= 0, got {margin!r}")
+    if isinstance(min_area, bool) or int(min_area) != min_area or min_area < 1:
+        raise ValueError(f"min_area must be an integer number of voxels >= 1, got {min_area!r}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if isinstance(lookahead, bool) or int(lookahead) != lookahead or lookahead < 1:
+        raise ValueError(f"lookahead must be an integer >= 1, got {lookahead!r}")
+
+
+def mask_extent(mask2d: Any) -> tuple[int, np.ndarray | None]:
+    """(foreground voxel count, slice-frame box (x0, y0, x1, y1) of all foreground or None)."""
+    m = mask2d.detach().cpu().numpy() if hasattr(mask2d, "detach") else (
+        mask2d.get() if type(mask2d).__module__.startswith("cupy") else np.asarray(mask2d))
+    fg = m != 0
+    area = int(np.count_nonzero(fg))
+    if area == 0:
+        return 0, None
+    xs = np.flatnonzero(fg.any(axis=1))
+    ys = np.flatnonzero(fg.any(axis=0))
+    return area, np.array([xs[0], ys[0], xs[-1], ys[-1]], dtype=np.float64)
+
+
+def grow_box(box: np.ndarray, margin: float, shape: tuple[int, int]) -> np.ndarray:
+    """``box`` grown by ``margin`` on every side, clipped to a slice of ``shape``."""
+    h, w = shape
+    b = np.asarray(box, dtype=np.float64) + np.array([-margin, -margin, margin, margin])
+    return np.clip(b, 0, [h - 1, w - 1, h - 1, w - 1])
+
+
+def seed_box(session: Any, k: int, prompt: Any) -> np.ndarray:
+    """The slice-frame box of a prompt: a 2D box (4 numbers) or a 2D mask of the slice's
+    shape (its foreground's bounding box)."""
+    arr = prompt
+    if hasattr(arr, "detach"):
+        arr = arr.detach().cpu().numpy()
+    elif type(arr).__module__.startswith("cupy"):
+        arr = arr.get()
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        if arr.shape != session.slice_shape:
+            raise ValueError(f"mask prompt has shape {arr.shape}, slice {k} along axis "
+                             f"{session.axis} has shape {session.slice_shape}")
+        _, box = mask_extent(arr)
+        if box is None:
+            raise ValueError(f"mask prompt for slice {k} is empty: draw the structure, or give "
+                             "a box (x0, y0, x1, y1)")
+        return box
+    return session.check_box(arr, k)
+
+
+class _Ahead:
+    """Embeddings of the slices ``start, start + step, ...``, encoded a batch at a time: the
+    full ``lookahead`` while the structure is large, ``NEAR_END_LOOKAHEAD`` once its mask has
+    shrunk under ``NEAR_END_FRACTION`` of the largest mask of the walk (near its end, where
+    slices encoded ahead are likely never used)."""
+
+    def __init__(self, session: Any, start: int, step: int, lookahead: int) -> None:
+        self.session, self.next_k, self.step, self.lookahead = session, start, step, lookahead
+        self.queue: deque = deque()
+        self.near_end = False
+
+    def take(self, k: int) -> tuple[Any, Any]:
+        if not self.queue:
+            n = self.session.n_slices
+            size = min(self.lookahead, NEAR_END_LOOKAHEAD) if self.near_end else self.lookahead
+            ks = [k + i * self.step for i in range(size)]
+            ks = [j for j in ks if 0 <= j < n]
+            self.queue.extend(zip(ks, self.session.encode(ks), strict=True))
+        j, entry = self.queue.popleft()
+        assert j == k, (j, k)
+        return entry
+
+    def unused(self) -> int:
+        return len(self.queue)
+
+
+def propagate(
+    session: Any,
+    slice_index: int,
+    prompt: Any,
+    *,
+    margin: float = DEFAULT_MARGIN,
+    min_area: int = DEFAULT_MIN_AREA,
+    direction: str = "both",
+    lookahead: int | None = None,
+) -> Any:
+    """Segment the structure prompted on one slice through the whole volume.
+
+    session: a :class:`~sam_unet.runtime.session.Session` (``engine.propagate`` makes one).
+    slice_index: the prompted slice along the session's axis.
+    prompt: a 2D box ``(x0, y0, x1, y1)`` (see the module docstring for the frame) or a 2D
+        mask of the slice's shape (its foreground's bounding box is the prompt).
+    margin: voxels added on every side of the previous slice's mask box (default 3).
+    min_area: a slice whose mask has fewer voxels ends that direction (default 16); the seed
+        slice is kept whatever its area, but the walk starts only if it reaches ``min_area``.
+    direction: "both" (default), "forward" (increasing slice index) or "backward".
+    lookahead: slices per encoder call ahead of the walk (default min(8, session batch)).
+
+    Returns a uint8 {0, 1} mask of the volume's shape and array kind. The session's
+    ``last_propagation`` holds a :class:`PropagationReport`.
+    """
+    t_start = time.perf_counter()
+    if lookahead is None:
+        lookahead = min(DEFAULT_LOOKAHEAD, session.batch_size)
+    _check_options(float(margin), min_area, direction, lookahead)
+    k0 = session.check_slice(slice_index)
+    box0 = seed_box(session, k0, prompt)
+    stats = session.stats
+    before = (stats.encoded_slices, stats.encoder_calls, stats.decoder_calls + stats.full_runs)
+    report = PropagationReport(seed=k0)
+    out = session.new_mask()
+    shape = session.slice_shape
+    steps = [s for s, name in ((1, "forward"), (-1, "backward")) if direction in ("both", name)]
+    streams = {s: _Ahead(session, k0 + s, s, lookahead) for s in steps}
+    # The seed rides in the first batch of the first direction walked.
+    streams[steps[0]] = _Ahead(session, k0, steps[0], lookahead)
+
+    used: dict[int, list[float]] = {}
+
+    def segment(k: int, box: np.ndarray, stream: _Ahead) -> tuple[int, np.ndarray | None]:
+        used[k] = [float(v) for v in box]
+        mbox = session.model_box(box)
+        if session.can_split:
+            logits = session.decode(stream.take(k), mbox)
+        else:
+            logits = session.run_full(k, mbox)
+        session.write_slice(logits, out, k)
+        return mask_extent(session.slice_of(out, k))
+
+    area, box = segment(k0, box0, streams[steps[0]])
+    written = [k0] if area else []
+    largest = area
+    if area < min_area:
+        why = "empty" if area == 0 else f"{area} voxels < min_area {min_area}"
+        for s in steps:
+            report.stopped["forward" if s > 0 else "backward"] = f"the seed slice's mask is {why}"
+    else:
+        for s in steps:
+            name = "forward" if s > 0 else "backward"
+            prev_box, k = box, k0 + s
+            while True:
+                if not 0 <= k < session.n_slices:
+                    report.stopped[name] = f"reached the volume's edge after slice {k - s}"
+                    break
+                a, b = segment(k, grow_box(prev_box, margin, shape), streams[s])
+                if a < min_area:
+                    if a:
+                        session.slice_of(out, k)[...] = 0
+                    report.stopped[name] = (f"slice {k}: mask of {a} voxels < min_area "
+                                            f"{min_area}")
+                    break
+                written.append(k)
+                largest = max(largest, a)
+                streams[s].near_end = a < NEAR_END_FRACTION * largest
+                prev_box, k = b, k + s
+    report.slices = sorted(written)
+    report.boxes = {k: used[k] for k in report.slices}
+    report.unused = sum(st.unused() for st in streams.values())
+    report.encoded = stats.encoded_slices - before[0]
+    report.encoder_calls = stats.encoder_calls - before[1]
+    report.decoder_calls = stats.decoder_calls + stats.full_runs - before[2]
+    report.seconds = time.perf_counter() - t_start
+    session.last_propagation = report
+    from sam_unet.runtime.volumes import to_caller_kind
+
+    return to_caller_kind(out, session.view)
+
+
+@dataclass(frozen=True)
+class SeedPrompt:
+    """A propagation prompt: a 2D ``box`` (x0, y0, x1, y1) on slice ``slice_index`` along the
+    slicing axis, and the walk's options (see :func:`propagate`). In the frame of the volume it
+    is applied to (see :func:`seed_to_canonical` for a file's own voxel frame)."""
+
+    slice_index: int
+    box: tuple[float, float, float, float]
+    margin: float = DEFAULT_MARGIN
+    min_area: int = DEFAULT_MIN_AREA
+    direction: str = "both"
+
+    def options(self) -> dict[str, Any]:
+        return {"margin": self.margin, "min_area": self.min_area, "direction": self.direction}
+
+
+def seed_to_canonical(volume: Any, axis: int, seed: SeedPrompt) -> SeedPrompt:
+    """A seed given in a file's own voxel frame (``slice_index`` along the file axis that
+    becomes the canonical slicing ``axis``, the box over the two other file axes in increasing
+    order) -> the same seed on ``volume.data`` (a :class:`sam_unet.io.volume.Volume`). A
+    reorientation that reverses the slicing axis swaps "forward" and "backward"."""
+    k = int(seed.slice_index)
+    mapped, _ = volume.prompts_to_canonical(axis, boxes={k: seed.box})
+    ((k2, box2),) = mapped.items()
+    direction = seed.direction
+    if direction != "both" and volume.transform[volume.file_axis(axis), 1] < 0:
+        direction = "backward" if direction == "forward" else "forward"
+    return SeedPrompt(int(k2), tuple(float(v) for v in box2), seed.margin, seed.min_area,
+                      direction)
+
+
+def walked_structures(engine: Any, volume: Any, structures: list[Any], **feed: Any) -> list[Any]:
+    """``structures`` (StructurePrompt) with each ``propagate`` seed replaced by the per-slice
+    boxes its walk decoded with, so ``segment_structures`` gives the same mask for it as
+    ``engine.propagate`` and resolves overlaps with the others by logit. ``feed``: axis,
+    window, normalize, batch_size."""
+    import dataclasses
+
+    out = []
+    for s in structures:
+        seed = getattr(s, "propagate", None)
+        if seed is None:
+            out.append(s)
+            continue
+        engine.propagate(volume, seed.slice_index, seed.box, **feed, **seed.options())
+        boxes = engine.last_propagation.boxes
+        if not boxes:
+            raise ValueError(f"structure {s.name!r}: the seed box on slice {seed.slice_index} "
+                             "gives an empty mask; draw the box around the structure")
+        out.append(dataclasses.replace(s, boxes=boxes, propagate=None))
+    return out
