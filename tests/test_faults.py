@@ -128,12 +128,14 @@ def test_ctrl_c_mid_folder_leaves_no_temporary_file(tmp_path, crops):
     temporary file removed, finished outputs complete."""
     src, dst = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    for i, (data, affine) in enumerate(crops[:4]):
-        nib.save(nib.Nifti1Image(data, affine), str(src / f"v{i}.nii.gz"))
+    # enough files that the run is still going when the signal comes, even on an idle machine
+    for i in range(40):
+        data, affine = crops[i % len(crops)]
+        nib.save(nib.Nifti1Image(data, affine), str(src / f"v{i:02d}.nii.gz"))
     proc = subprocess.Popen(_cmd(src, dst), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not (dst / "v0_seg.nii.gz").exists():
+    while not (dst / "v00_seg.nii.gz").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.01)
     catch_until = time.monotonic() + 10
@@ -141,6 +143,7 @@ def test_ctrl_c_mid_folder_leaves_no_temporary_file(tmp_path, crops):
         if any(is_temp_name(p.name) for p in dst.iterdir()):
             break
         time.sleep(0.001)
+    assert proc.poll() is None, "the run ended before the signal: the test needs more inputs"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
