@@ -117,6 +117,18 @@ def test_double_buffered_converted_and_strided(backend, engine):
     assert not got[:, :, [3, 4, 7, 8]].any()
 
 
+def test_double_buffered_bfloat16_torch_volume(backend, engine):
+    """A torch bfloat16 host volume: pinned buffers cannot hold it as NumPy, so slabs are
+    converted to float32 on the host; masks equal the CPU engine's."""
+    import torch
+
+    vol = torch.from_numpy(_volume(shape=(12, 10, 7)).astype(np.float32)).to(torch.bfloat16)
+    sim = SimDevice()
+    got, _ = simulate(backend, PinnedPlacement, sim, vol, batch=3)
+    check_double_buffered_schedule(sim, 3)
+    np.testing.assert_array_equal(np.asarray(got), engine.segment(vol, batch_size=3).numpy())
+
+
 @pytest.mark.parametrize("axis", [0, 1])
 def test_double_buffered_other_axes(backend, engine, axis):
     vol = np.asfortranarray(_volume(shape=(7, 9, 12)))

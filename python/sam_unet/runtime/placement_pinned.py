@@ -43,9 +43,13 @@ class PinnedPlacement(Placement):
         super().__init__(feed)
         self.dev = dev
         self.volume = volume
-        native = slab_io.reads_natively(volume)
-        self.in_dtype = (np.dtype(slab_io.convert_dtype(volume.dtype)) if not native
-                         else np.dtype(str(volume.dtype).replace("torch.", "")))
+        # pinned buffers are torch tensors: no big-endian, and NumPy names no bfloat16, so
+        # those slabs are converted on the host (the device op would read them, torch cannot
+        # hold them)
+        name = str(volume.dtype).replace("torch.", "")
+        plain = (slab_io.reads_natively(volume) and name != "bfloat16"
+                 and getattr(volume.dtype, "isnative", True))
+        self.in_dtype = np.dtype(name) if plain else np.dtype(slab_io.convert_dtype(volume.dtype))
         self.marks: list[tuple[str, Any, Any]] = []
 
     def start(self, plan: Plan, slab_size: int) -> None:
