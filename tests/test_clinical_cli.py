@@ -142,3 +142,24 @@ def test_a_study_with_two_series_needs_series(case, tmp_path, capsys, single_thr
     assert rc == 0, err
     out = nib.load(str(tmp_path / "out" / "study_seg.nii.gz"))
     assert out.shape == (data.shape[0], data.shape[1], 3)
+
+
+def test_a_failed_seg_leaves_none_of_the_files_outputs(case, tmp_path, capsys, single_thread):
+    """Slices of one series carrying two StudyInstanceUIDs (as some converters write them):
+    the series reads, the SEG cannot be built; the label map, statistics and per-structure
+    files written before it are removed, so --continue never takes the file as done."""
+    import pydicom
+
+    src = tmp_path / "ct"
+    write_series(src, *reorient(*mni_crop(), ("L", "P", "S")), modality="CT")
+    for i, f in enumerate(sorted(src.iterdir())):
+        if i % 2:
+            ds = pydicom.dcmread(f)
+            ds.StudyInstanceUID = pydicom.uid.generate_uid()
+            ds.save_as(f)
+    out = tmp_path / "out"
+    rc, stdout, err = _run(["-i", str(src), "-o", str(out), "--statistics", "--per-structure",
+                            "--seg"], capsys)
+    assert rc == 1 and "failed 1" in stdout
+    _one_error(err, "cannot build the DICOM SEG")
+    assert _listing(out) == []

@@ -10,6 +10,7 @@ reader). Output naming and the rules that keep inputs safe live in ``runtime/out
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,24 @@ def write_outputs(job: Job, mask: np.ndarray, volume: Volume, engine: Any,
         from sam_unet.runtime.images import default_label_names
 
         names = default_label_names(engine)
-    written = []
-    for kind, path in job.outputs.items():
-        writer = WRITERS.get(kind)
-        if writer is None:
-            raise OutputError(f"{job.source}: no writer for output kind {kind!r}")
-        written.append(writer(path, mask, volume, engine, names))
+    written: list[Path] = []
+    new = {kind: not Path(path).exists() for kind, path in job.outputs.items()}
+    try:
+        for kind, path in job.outputs.items():
+            writer = WRITERS.get(kind)
+            if writer is None:
+                raise OutputError(f"{job.source}: no writer for output kind {kind!r}")
+            written.append(writer(path, mask, volume, engine, names))
+    except BaseException:
+        # one job's outputs come as a set: a failed SEG must not leave its label map behind
+        # looking done (each file is atomic; the set is made so by removing this call's files)
+        for kind, path in job.outputs.items():
+            if new[kind] and Path(path) in written:
+                if Path(path).is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    Path(path).unlink(missing_ok=True)
+        raise
     return written
 
 
