@@ -120,10 +120,12 @@ def _environment(folder: Path) -> dict[str, str]:
     """PATH with a ``sam-unet`` that runs this interpreter's sam_unet, caches in ``folder``."""
     bin_dir = folder / ".bin"
     bin_dir.mkdir()
-    shim = bin_dir / "sam-unet"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m sam_unet.cli "$@"\n')
-    shim.chmod(0o755)
-    (bin_dir / "python").symlink_to(sys.executable)
+    # Scripts, not symlinks: a symlinked venv interpreter would not find its venv.
+    for name, command in (("sam-unet", f'"{sys.executable}" -m sam_unet.cli'),
+                          ("python", f'"{sys.executable}"')):
+        shim = bin_dir / name
+        shim.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+        shim.chmod(0o755)
     env = dict(os.environ)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     env["SAM_UNET_ONNX_CACHE"] = str(folder / ".cache" / "onnx")
@@ -190,7 +192,9 @@ def test_guide_runs(tmp_path, monkeypatch):
     assert len(ran) >= 10, ran  # the guide keeps its runnable examples
     # What the guide's steps promise, checked on the files they made.
     for path in ("demo/mni152_t1_wm_mask.nii.gz", "masks/brain_a_seg.nii.gz",
-                 "masks/brain_b_seg.nii.gz", "boxed/brain_a_seg.nii.gz", "runs/wm/best.pt",
+                 "masks/brain_b_seg.nii.gz", "ct_masks/ct_series_seg.dcm",
+                 "boxed/brain_a_seg.nii.gz", "structures/brain_a_seg_statistics.json",
+                 "followed/brain_a_seg.nii.gz", "runs/wm/best.pt",
                  "runs/wm/eval/evaluation.json", "wm.onnx", "wm_masks/t1_seg.nii.gz",
                  "forced/t1_seg.nii.gz", "brain_a_structures.nii.gz", "ct_small_seg.dcm"):
         assert (tmp_path / path).is_file(), path
