@@ -28,10 +28,21 @@ def demo_model():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, demo_model):
+def exported(tmp_path_factory):
+    """``sam-unet export onnx --split --verify`` of the demo checkpoint."""
+    import contextlib
+    import io
+
+    from sam_unet.cli import main as cli
+
     path = tmp_path_factory.mktemp("split") / "demo.onnx"
-    export_onnx(demo_model, path, checkpoint=DEMO)
-    export_split_onnx(demo_model, path)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = cli(["export", "onnx", "--checkpoint", str(DEMO), "-o", str(path), "--split",
+                  "--verify"])
+    text = printed.getvalue()
+    assert rc == 0, text
+    assert "demo.encoder.onnx and" in text and "encoder + decoder ONNX on batches" in text
     return path
 
 

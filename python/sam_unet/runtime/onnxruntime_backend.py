@@ -149,9 +149,12 @@ class OnnxRuntimeBackend:
 
             from sam_unet.export.onnx import session_options
 
+            so = session_options(self.threads)
+            # The encoder and decoder run alternately, with Python work between calls: idle
+            # intra-op threads that spin would hold the cores the other session needs.
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._split = tuple(
-                ort.InferenceSession(str(p), sess_options=session_options(self.threads),
-                                     providers=self._provider_list)
+                ort.InferenceSession(str(p), sess_options=so, providers=self._provider_list)
                 for p in (self._pair.encoder, self._pair.decoder)
             )
         return self._split
