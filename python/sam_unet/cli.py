@@ -35,7 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 DESCRIPTION = """\
 Segment structures in CT, MRI and PET volumes with SAM-UNet, slice by slice, on the CPU or a GPU.
-Train a model for your own structure, export it, and run it on NIfTI files or folders."""
+Train a model for your own structure, export it, and run it on NIfTI, NRRD/MetaImage or DICOM
+scans, one file or a whole folder."""
 
 EPILOG = """\
 examples:
