@@ -216,7 +216,24 @@ def run(args: argparse.Namespace) -> int:
                   "segmenting it again", file=sys.stderr)
         todo.append(job)
 
-    # 3. output folders, and leftovers of killed runs swept
+    done = failed = 0
+    if todo:
+        # 3. the model, before any folder is made: a refused model leaves nothing behind
+        try:
+            engine = _load_engine(args, device)
+        except Exception as exc:  # noqa: BLE001 - loaders raise library errors of every kind
+            if args.debug:
+                raise
+            print(error_line(model_path, exc, what="cannot load the model: ", fix=MODEL_FIX),
+                  file=sys.stderr)
+            return 1
+        info = getattr(engine, "model_info", None)
+        if args.normalize == "window" and args.window is None and getattr(info, "window",
+                                                                           None) is None:
+            print(f"{PROG}: error: --normalize window: needs a window and the model file "
+                  "records none; give --window LO HI", file=sys.stderr)
+            return 2
+    # 4. output folders, and leftovers of killed runs swept
     for folder in sorted({p.parent for job in jobs for p in job.outputs.values()}):
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -227,26 +244,9 @@ def run(args: argparse.Namespace) -> int:
             print(error_line(folder, exc, what="cannot use the output folder: ",
                              fix="give another -o folder"), file=sys.stderr)
             return 1
-
-    done = failed = 0
     if todo:
-        # 4. the model
-        try:
-            engine = _load_engine(args, device)
-        except Exception as exc:  # noqa: BLE001 - loaders raise library errors of every kind
-            if args.debug:
-                raise
-            print(error_line(model_path, exc, what="cannot load the model: ", fix=MODEL_FIX),
-                  file=sys.stderr)
-            return 1
         if not args.quiet:
             print(f"[rank {rank}/{world}] {engine.describe()}", file=sys.stderr)
-        info = getattr(engine, "model_info", None)
-        if args.normalize == "window" and args.window is None and getattr(info, "window",
-                                                                           None) is None:
-            print(f"{PROG}: error: --normalize window: needs a window and the model file "
-                  "records none; give --window LO HI", file=sys.stderr)
-            return 2
 
         # 5. file by file: a bad file is named with its reason, the others go on
         bar = tqdm(todo, disable=args.quiet, unit="vol", desc=f"segment[{rank}]")
