@@ -19,6 +19,7 @@ not have), ``buffer_bytes`` (its slab buffers) and ``peak_device_bytes``.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -97,7 +98,7 @@ def _host_if_cpu(t: Any) -> Any:
     return t.numpy() if hasattr(t, "is_cuda") and not t.is_cuda else t
 
 
-class Placement:
+class Placement(ABC):
     """Shared state: the feed, stage timings, buffer and peak memory figures."""
 
     def __init__(self, feed: Feed) -> None:
@@ -106,23 +107,27 @@ class Placement:
         self.buffer_bytes = 0
         self.peak_device_bytes = 0
 
+    @abstractmethod
     def start(self, plan: Plan, slab_size: int) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def load(self, slab: Slab) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def compute(self, fn: Callable[[], SlabResult]) -> SlabResult:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def store(self, slab: Slab, result: SlabResult) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def finish(self) -> dict[str, Any]:
         """Wait for everything queued; return the outputs ({"mask": ..., "scores": ...})."""
-        raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op by default, not abstract
         """Called after success or failure: nothing queued may still use the buffers."""
 
 
