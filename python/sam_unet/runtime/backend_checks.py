@@ -70,3 +70,14 @@ def run_in_chunks(fn, images, boxes, max_batch: int):
         return fn(images, boxes)
     outs = [fn(images[i : i + max_batch], boxes[i : i + max_batch]) for i in range(0, b, max_batch)]
     return torch.cat(outs, dim=0)
+
+
+def encode_in_chunks(fn, images, max_batch: int):
+    """Call ``fn(images_chunk) -> (embeddings, features)`` on slices of at most ``max_batch``
+    images and concatenate both outputs along the batch."""
+    import torch
+
+    pairs = [fn(images[i : i + max_batch]) for i in range(0, images.shape[0], max_batch)]
+    if len(pairs) == 1:
+        return pairs[0]
+    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])

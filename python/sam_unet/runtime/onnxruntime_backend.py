@@ -15,6 +15,7 @@ from sam_unet.runtime.backend_checks import (
     check_images,
     check_inputs,
     check_split_inputs,
+    encode_in_chunks,
     run_in_chunks,
 )
 
@@ -161,17 +162,12 @@ class OnnxRuntimeBackend:
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, 256, 256) -> (image_embeddings, features) float32 on ``device``."""
-        n = check_images(images)
+        check_images(images)
         enc, _ = self._split_sessions()
-        embs, feats = [], []
-        for i in range(0, n, self.max_batch):
-            x = images[i:i + self.max_batch]
-            out = self._run_graph(enc, {"images": x}, ("image_embeddings", "features"))
-            embs.append(out[0])
-            feats.append(out[1])
-        if len(embs) == 1:
-            return embs[0], feats[0]
-        return torch.cat(embs), torch.cat(feats)
+        return encode_in_chunks(
+            lambda x: tuple(self._run_graph(enc, {"images": x},
+                                            ("image_embeddings", "features"))),
+            images, self.max_batch)
 
     def decode(self, image_embeddings: torch.Tensor, features: torch.Tensor,
                boxes: torch.Tensor) -> torch.Tensor:

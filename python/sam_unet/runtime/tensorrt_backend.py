@@ -17,6 +17,7 @@ from sam_unet.runtime.backend_checks import (
     check_images,
     check_inputs,
     check_split_inputs,
+    encode_in_chunks,
     run_in_chunks,
 )
 from sam_unet.runtime.tensorrt_engine import import_tensorrt, load_engine
@@ -188,20 +189,15 @@ class TensorRTBackend:
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, 256, 256) -> (image_embeddings, features) on ``device``, in the encoder
         engine's output dtypes."""
-        n = check_images(images)
+        check_images(images)
         if self._encoder is None:
             raise RuntimeError("this TensorRT backend has no encoder/decoder engines")
         step = min(self.max_batch, self._encoder.max_batch)
-        embs, feats = [], []
         with torch.cuda.device(self._index):
-            for i in range(0, n, step):
-                emb, feat = self._encoder.run({"images": images[i:i + step]},
-                                              ("image_embeddings", "features"))
-                embs.append(emb)
-                feats.append(feat)
-        if len(embs) == 1:
-            return embs[0], feats[0]
-        return torch.cat(embs), torch.cat(feats)
+            return encode_in_chunks(
+                lambda x: tuple(self._encoder.run({"images": x},
+                                                  ("image_embeddings", "features"))),
+                images, step)
 
     def decode(self, image_embeddings: torch.Tensor, features: torch.Tensor,
                boxes: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from sam_unet.runtime.backend_checks import (
     check_images,
     check_inputs,
     check_split_inputs,
+    encode_in_chunks,
     run_in_chunks,
 )
 
@@ -101,19 +102,12 @@ class TorchBackend:
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, 256, 256) -> (image_embeddings (B, C, 16, 16), features
         (B, C/8, 64, 64)) on ``device`` in the compute dtype, in chunks of ``max_batch``."""
-        n = check_images(images)
+        check_images(images)
         model = getattr(self.model, "_orig_mod", self.model)  # the eager module
-        embs, feats = [], []
         with torch.inference_mode():
-            for i in range(0, n, self.max_batch):
-                x = images[i:i + self.max_batch].to(device=self.device, dtype=self.dtype,
-                                                     non_blocking=True)
-                emb, feat = model.encode(x)
-                embs.append(emb)
-                feats.append(feat)
-        if len(embs) == 1:
-            return embs[0], feats[0]
-        return torch.cat(embs), torch.cat(feats)
+            return encode_in_chunks(
+                lambda x: model.encode(x.to(device=self.device, dtype=self.dtype,
+                                            non_blocking=True)), images, self.max_batch)
 
     def decode(self, image_embeddings: torch.Tensor, features: torch.Tensor,
                boxes: torch.Tensor) -> torch.Tensor:
