@@ -304,7 +304,10 @@ def test_onnxruntime_from_checkpoint_exports_once(files, tmp_path, monkeypatch):
     t0 = time.perf_counter()
     first = Engine.from_checkpoint(files["ckpt_a"], backend="onnxruntime", device="cpu")
     t_first = time.perf_counter() - t0
-    assert _names(cache) == {entry.name}
+    stem = entry.name[: -len(".onnx")]
+    cached = {entry.name, f"{stem}.encoder.onnx", f"{stem}.decoder.onnx"}
+    assert _names(cache) == cached  # the whole model and its encoder/decoder split
+    assert first.backend.can_split
     inode = entry.stat().st_ino
     vol = np.random.default_rng(0).normal(50, 30, (24, 20, 3)).astype(np.float32)
     box = (2, 3, 0, 18, 15, 2)
@@ -313,7 +316,7 @@ def test_onnxruntime_from_checkpoint_exports_once(files, tmp_path, monkeypatch):
     for _ in range(3):
         again = Engine.from_checkpoint(files["ckpt_a"], backend="onnxruntime", device="cpu")
         assert again.model_info == files["info"] and "cached" in again.describe()
-    assert _names(cache) == {entry.name} and entry.stat().st_ino == inode  # not re-exported
+    assert _names(cache) == cached and entry.stat().st_ino == inode  # not re-exported
     assert _names(tmp) == set()
     print(f"\nfirst engine (export) {t_first:.1f} s")
 

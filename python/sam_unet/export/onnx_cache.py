@@ -105,6 +105,7 @@ def cached_export(model, model_info=None, *, root: str | os.PathLike | None = No
             os.utime(path)  # least recently used order
         except OSError:
             pass
+        _ensure_split(model, path)
         return CachedOnnx(path, identity)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -116,17 +117,36 @@ def cached_export(model, model_info=None, *, root: str | os.PathLike | None = No
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        _ensure_split(model, tmp / "model.onnx")
         return CachedOnnx(tmp / "model.onnx", identity, temp_dir=tmp)
+    _ensure_split(model, path)
     prune(folder, max_bytes=max_cache_bytes(), keep=path)
     return CachedOnnx(path, identity)
 
 
+def _ensure_split(model, path: Path) -> None:
+    """The encoder/decoder graphs beside ``path`` (SAM's deployment split: sessions and
+    propagation run the encoder once per slice). Best effort: without them, the backend runs
+    whole-model passes, which give the same masks."""
+    from sam_unet.export.onnx_split import export_split_onnx, split_pair_for
+
+    if split_pair_for(path)[0] is not None:
+        return
+    try:
+        export_split_onnx(model, path)
+    except Exception:  # noqa: BLE001 - an optional speed-up; the whole model still serves
+        return
+
+
 def discard(entry: CachedOnnx) -> None:
     """Remove a cached file that turned out unusable (it is exported again next time)."""
+    from sam_unet.export.onnx_split import split_paths
+
     if entry.temp_dir is not None:
         shutil.rmtree(entry.temp_dir, ignore_errors=True)
     else:
-        entry.path.unlink(missing_ok=True)
+        for p in (entry.path, *split_paths(entry.path)):
+            p.unlink(missing_ok=True)
 
 
 __all__ = ["CACHE_ENV", "MAX_MB_ENV", "CachedOnnx", "cache_dir", "cache_key", "cached_export",
