@@ -132,8 +132,12 @@ def test_ctrl_c_mid_folder_leaves_no_temporary_file(tmp_path, crops):
     for i in range(40):
         data, affine = crops[i % len(crops)]
         nib.save(nib.Nifti1Image(data, affine), str(src / f"v{i:02d}.nii.gz"))
+    # A shell's background job (as CI may run us) inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: give the child the default disposition, as a
+    # terminal would.
     proc = subprocess.Popen(_cmd(src, dst), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not (dst / "v00_seg.nii.gz").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()

@@ -41,10 +41,11 @@ def test_segment_dicom_zip_equals_segment_image(tmp_path, engine, single_thread)
     labels = np.asarray(out.dataobj)
     assert labels[:, :, :2].sum() == 0 and labels[:, :, 10:].sum() == 0  # outside the box
     assert labels.sum() > 100
-    assert out.extra["label_names"] == {1: "foreground"} == ref.extra["label_names"]
+    name = engine.model_info.label_names[1]  # what the model file calls its structure
+    assert out.extra["label_names"] == {1: name} == ref.extra["label_names"]
     assert out.extra["series"].images == data.shape[2]
     seg = hd.seg.segread(tmp_path / "s_seg.dcm")
-    assert seg.get_segment_description(1).segment_label == "foreground"
+    assert seg.get_segment_description(1).segment_label == name
     assert int(seg.NumberOfFrames) == int((labels.sum(axis=(0, 1)) > 0).sum())
     with pytest.raises(ValueError, match="would be written into the input"):
         sam_unet.segment_dicom(tmp_path / "series", engine, seg_path=tmp_path / "series" / "x")
