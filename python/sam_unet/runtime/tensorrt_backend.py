@@ -54,6 +54,20 @@ def matching_split_engines(engine_path: str | os.PathLike) -> tuple[Path, Path] 
     return pair
 
 
+
+def execution_context(engine, contexts: dict, profile_index: int, stream):
+    """The execution context of ``engine`` bound to optimisation profile ``profile_index``
+    (made once per profile on ``stream`` and kept in ``contexts``)."""
+    ctx = contexts.get(profile_index)
+    if ctx is None:
+        ctx = engine.create_execution_context()
+        if ctx is None:
+            raise RuntimeError("TensorRT could not create an execution context (GPU memory?)")
+        if not ctx.set_optimization_profile_async(profile_index, stream.cuda_stream):
+            raise RuntimeError(f"TensorRT refused optimisation profile {profile_index}")
+        contexts[profile_index] = ctx
+    return ctx
+
 class _TrtGraph:
     """One engine run by tensor name (TensorRT 10 name-based I/O): per batch, the narrowest
     optimisation profile that holds it, input shapes set, torch CUDA tensors bound by address,
@@ -83,15 +97,7 @@ class _TrtGraph:
             )
 
     def _context(self, profile_index: int):
-        ctx = self._contexts.get(profile_index)
-        if ctx is None:
-            ctx = self.engine.create_execution_context()
-            if ctx is None:
-                raise RuntimeError("TensorRT could not create an execution context (GPU memory?)")
-            if not ctx.set_optimization_profile_async(profile_index, self.stream.cuda_stream):
-                raise RuntimeError(f"TensorRT refused optimisation profile {profile_index}")
-            self._contexts[profile_index] = ctx
-        return ctx
+        return execution_context(self.engine, self._contexts, profile_index, self.stream)
 
     def run(self, feeds: dict, outputs: tuple[str, ...]) -> list[torch.Tensor]:
         """``feeds`` {input name: tensor with the batch first} -> the named outputs, in the
@@ -234,15 +240,7 @@ class TensorRTBackend:
             return run_in_chunks(self._run_batch, images, boxes, self.max_batch)
 
     def _context(self, profile_index: int):
-        ctx = self._contexts.get(profile_index)
-        if ctx is None:
-            ctx = self.engine.create_execution_context()
-            if ctx is None:
-                raise RuntimeError("TensorRT could not create an execution context (GPU memory?)")
-            if not ctx.set_optimization_profile_async(profile_index, self._stream.cuda_stream):
-                raise RuntimeError(f"TensorRT refused optimisation profile {profile_index}")
-            self._contexts[profile_index] = ctx
-        return ctx
+        return execution_context(self.engine, self._contexts, profile_index, self._stream)
 
     def _run_batch(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         n = int(images.shape[0])
