@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import zlib
 
@@ -24,6 +25,7 @@ from conftest import (
     random_volume,
 )
 from sam_unet import ops, transforms
+from sam_unet.runtime import slab_io
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -238,14 +240,74 @@ def test_gather_scatter_torch_tensors() -> None:
     np.testing.assert_array_equal(be_out, np.moveaxis(big_endian, 2, 0))
 
 
+SLAB_ORDERS = list(itertools.permutations(range(3)))
+
+
+@pytest.mark.parametrize("order", SLAB_ORDERS, ids=["".join(map(str, o)) for o in SLAB_ORDERS])
+@pytest.mark.parametrize("view", ("c", "f", "negative"))
+@pytest.mark.parametrize("dtype", (np.uint8, np.int16, np.float64))
+def test_gather_scatter_strided_slab(order, view, dtype) -> None:
+    """Slabs of any memory order (slab_io.slab_view, as the pinned pipeline lays them out), and
+    a flipped one; the buffer past the slab stays poisoned."""
+    hw, z, axis = (13, 9), 7, -1
+    _, vol = _copy_case(hw, z, axis, view, dtype, seed=sum(order))
+    ref = np.moveaxis(vol, axis, 0)
+    size = hw[0] * hw[1]
+    for z0, n in ((0, z), (2, 3), (6, 1)):
+        flat = _poisoned(((n + 2) * size,), dtype)
+        out = slab_io.slab_view(flat, n, hw, order)
+        ops.gather_slices(vol, out, z0=z0, n=n, axis=axis)
+        np.testing.assert_array_equal(out, ref[z0 : z0 + n])
+        assert (flat[n * size :].view(np.uint8) == 0xAB).all()
+        flipped = slab_io.slab_view(_poisoned((n * size,), dtype), n, hw, order)[:, ::-1]
+        ops.gather_slices(vol, flipped, z0=z0, n=n, axis=axis)
+        np.testing.assert_array_equal(flipped, ref[z0 : z0 + n])
+        _, dst = make_view(Case(hw, z, axis, view, dtype), lambda shape: _poisoned(shape, dtype))
+        before = dst.copy()
+        ops.scatter_slices(flipped, dst, z0=z0, n=n, axis=axis)
+        got, keep = np.moveaxis(dst, axis, 0), np.moveaxis(before, axis, 0)
+        np.testing.assert_array_equal(got[z0 : z0 + n], ref[z0 : z0 + n])
+        np.testing.assert_array_equal(got[:z0], keep[:z0])
+        np.testing.assert_array_equal(got[z0 + n :], keep[z0 + n :])
+
+
+@pytest.mark.parametrize("layout", ("c", "f", "s"))
+@pytest.mark.parametrize("dtype", (np.uint8, np.int16))
+def test_gather_scatter_in_volume_order_threaded(layout, dtype) -> None:
+    """Past the parallel threshold, into slabs in the volume's own memory order: the row copies
+    the pipeline makes (many short rows for a C-order volume sliced along Z)."""
+    rng = np.random.default_rng(4)
+    c = _random_of(dtype, (203, 131, 37), rng)
+    vol = {"c": c, "f": np.asfortranarray(c), "s": np.moveaxis(np.ascontiguousarray(
+        np.moveaxis(c, 2, 0)), 0, 2)}[layout]
+    order = slab_io.slab_order(vol, 2, 0, 1)
+    size = 203 * 131
+    flat = _poisoned((31 * size,), dtype)
+    out = slab_io.slab_view(flat, 30, (203, 131), order)
+    ops.gather_slices(vol, out, z0=5, n=30, axis=2)
+    np.testing.assert_array_equal(out, np.moveaxis(c, 2, 0)[5:35])
+    assert (flat[30 * size :].view(np.uint8) == 0xAB).all()
+    vol_order = slab_io.memory_order(vol.strides, vol.shape)
+    dst = _poisoned([c.shape[a] for a in vol_order], dtype).transpose(np.argsort(vol_order))
+    ops.scatter_slices(out, dst, z0=5, n=30, axis=2)
+    np.testing.assert_array_equal(dst[:, :, 5:35], c[:, :, 5:35])
+    assert (np.ascontiguousarray(dst[:, :, :5]).view(np.uint8) == 0xAB).all()
+
+
 def test_gather_scatter_errors() -> None:
     vol = np.zeros((8, 9, 4), np.int16)
     with pytest.raises(ValueError, match="same dtype"):
         ops.gather_slices(vol, np.zeros((4, 8, 9), np.uint16), z0=0, n=4)
-    with pytest.raises(ValueError, match=r"C-contiguous \(n, H, W\) = \(4, 8, 9\)"):
+    with pytest.raises(ValueError, match=r"an \(n, H, W\) = \(4, 8, 9\) array"):
         ops.gather_slices(vol, np.zeros((4, 9, 8), np.int16), z0=0, n=4)
-    with pytest.raises(ValueError, match="C-contiguous"):
-        ops.gather_slices(vol, np.zeros((9, 8, 4), np.int16).T, z0=0, n=4)
+    with pytest.raises(ValueError, match=r"\(4, 8, 9\)"):
+        ops.gather_slices(vol, np.zeros((4, 8, 9), np.int16).T, z0=0, n=4)
+    with pytest.raises(ValueError, match="out has overlapping strides"):
+        ops.gather_slices(vol, torch.zeros((1, 8, 9), dtype=torch.int16).expand(4, 8, 9), z0=0,
+                          n=4)
+    with pytest.raises(ValueError, match="out_volume has overlapping strides"):
+        ops.scatter_slices(np.zeros((4, 8, 9), np.int16),
+                           torch.zeros((8, 1, 4), dtype=torch.int16).expand(8, 9, 4), z0=0, n=4)
     with pytest.raises(ValueError, match="outside"):
         ops.gather_slices(vol, np.zeros((4, 8, 9), np.int16), z0=1, n=4)
     with pytest.raises(ValueError, match="3D"):

@@ -2,7 +2,9 @@
 // item size matters, the caller checks that both sides have one dtype) and of the thread state.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sam_unet/check.h"
@@ -60,9 +62,25 @@ StridedVolume volume_of(const HostArray& a, const char* name) {
   return v;
 }
 
-// The slab of a run: (n, H, W), C-contiguous, the volume's item size.
+// An array written to must not have two elements at one address (a broadcast torch view is
+// writable): sorted by |stride|, each axis steps past the whole extent of the faster ones.
+void check_distinct(const HostArray& a, const char* name) {
+  std::vector<std::pair<int64_t, int64_t>> axes;  // (|stride|, extent)
+  for (size_t k = 0; k < a.shape.size(); ++k)
+    if (a.shape[k] > 1) axes.emplace_back(a.strides[k] < 0 ? -a.strides[k] : a.strides[k],
+                                          a.shape[k]);
+  std::sort(axes.begin(), axes.end());
+  int64_t span = 1;
+  for (const auto& [stride, extent] : axes) {
+    SAMUNET_CHECK(stride >= span, name, " has overlapping strides (a broadcast view?); pass an "
+                  "array whose elements each have their own memory");
+    span = stride * extent;
+  }
+}
+
+// The slab of a run: (n, H, W), the volume's item size, any strides.
 void check_slab(const HostArray& slab, const StridedVolume& vol, int axis, int64_t z0, int64_t n,
-                const char* name) {
+                const char* name, bool written) {
   Volume3D v;
   for (int k = 0; k < 3; ++k) {
     v.shape[k] = vol.shape[k];
@@ -72,23 +90,20 @@ void check_slab(const HostArray& slab, const StridedVolume& vol, int axis, int64
   SAMUNET_CHECK(slab.info.itemsize == vol.itemsize, name, " has ", slab.info.itemsize,
                 "-byte items but the volume ", vol.itemsize, "-byte items; both need one dtype");
   const std::vector<int64_t> want = {n, r.H, r.W};
-  bool ok = slab.shape == want;
-  int64_t expect = 1;
-  for (int k = 2; ok && k >= 0; --k) {
-    if (want[k] != 1 && slab.strides[k] != expect) ok = false;
-    expect *= want[k];
-  }
-  SAMUNET_CHECK(ok, name, " must be a C-contiguous (n, H, W) = (", n, ", ", r.H, ", ", r.W,
+  SAMUNET_CHECK(slab.shape == want, name, " must be an (n, H, W) = (", n, ", ", r.H, ", ", r.W,
                 ") array");
+  if (written) check_distinct(slab, name);
 }
+
+const int64_t* strides_of(const HostArray& a) { return a.strides.data(); }
 
 void gather(const py::object& volume, const py::object& out, int64_t z0, int64_t n, int axis) {
   const HostArray vol = host_array(volume, "volume", false);
   const HostArray dst = host_array(out, "out", true);
   const StridedVolume v = volume_of(vol, "volume");
-  check_slab(dst, v, axis, z0, n, "out");
+  check_slab(dst, v, axis, z0, n, "out", true);
   py::gil_scoped_release release;
-  gather_slices_cpu(v, axis, z0, n, dst.info.ptr);
+  gather_slices_cpu(v, axis, z0, n, dst.info.ptr, strides_of(dst));
 }
 
 void scatter(const py::object& slab, const py::object& out_volume, int64_t z0, int64_t n,
@@ -96,9 +111,10 @@ void scatter(const py::object& slab, const py::object& out_volume, int64_t z0, i
   const HostArray src = host_array(slab, "slab", false);
   const HostArray vol = host_array(out_volume, "out_volume", true);
   const StridedVolume v = volume_of(vol, "out_volume");
-  check_slab(src, v, axis, z0, n, "slab");
+  check_distinct(vol, "out_volume");
+  check_slab(src, v, axis, z0, n, "slab", false);
   py::gil_scoped_release release;
-  scatter_slices_cpu(src.info.ptr, v, axis, z0, n);
+  scatter_slices_cpu(src.info.ptr, v, axis, z0, n, strides_of(src));
 }
 
 }  // namespace
@@ -106,12 +122,12 @@ void scatter(const py::object& slab, const py::object& out_volume, int64_t z0, i
 void register_slices(py::module_& m) {
   m.def("gather_slices", &gather, py::arg("volume"), py::arg("out"), py::arg("z0"), py::arg("n"),
         py::arg("axis") = -1,
-        "Slices [z0, z0+n) along axis of a host (X, Y, Z) volume (any strides) -> out, a "
-        "C-contiguous (n, H, W) array of the same item size (multi-threaded).");
+        "Slices [z0, z0+n) along axis of a host (X, Y, Z) volume (any strides) -> out, an "
+        "(n, H, W) array of the same item size, any non-overlapping strides (multi-threaded).");
   m.def("scatter_slices", &scatter, py::arg("slab"), py::arg("out_volume"), py::arg("z0"),
         py::arg("n"), py::arg("axis") = -1,
-        "The reverse of gather_slices: a C-contiguous (n, H, W) slab -> slices [z0, z0+n) along "
-        "axis of out_volume (any strides).");
+        "The reverse of gather_slices: an (n, H, W) slab (any strides) -> slices [z0, z0+n) "
+        "along axis of out_volume (any strides).");
   m.def(
       "threads_info",
       [] {

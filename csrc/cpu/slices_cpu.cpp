@@ -47,8 +47,51 @@ int fast_axis(const int64_t* st, const int64_t* dim) {
   return best;
 }
 
+// A short contiguous copy, inlined (a memcpy call costs as much as a 128-byte row).
+template <typename E>
+inline void copy_run(const E* s, E* d, int64_t n) {
+  int64_t k = 0;
+#if defined(__SSE2__)
+  constexpr int64_t R = 16 / (int64_t)sizeof(E);
+  for (; k + R <= n; k += R)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + k),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + k)));
+#endif
+  for (; k < n; ++k) d[k] = s[k];
+}
+
+// A contiguous copy with streaming (non-temporal) stores from the first 16-byte boundary of the
+// destination: a large copy's destination is not read back soon (a slab bound for the GPU, a
+// mask volume), and streaming stores of whole lines skip reading each line before writing it.
+// The caller fences (_mm_sfence) before the data is used.
+template <typename E>
+inline void copy_run_streaming(const E* s, E* d, int64_t n) {
+#if defined(__SSE2__)
+  constexpr int64_t R = 16 / (int64_t)sizeof(E);
+  // a short row that starts inside a cache line would stream partial lines (each one a
+  // separate write to memory): ordinary stores do better
+  if (n * (int64_t)sizeof(E) < 256 && (reinterpret_cast<uintptr_t>(d) & 63) != 0)
+    return copy_run<E>(s, d, n);
+  int64_t k = 0;
+  while (k < n && (reinterpret_cast<uintptr_t>(d + k) & 15) != 0) {
+    d[k] = s[k];
+    ++k;
+  }
+  for (; k + R <= n; k += R)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + k),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + k)));
+  for (; k < n; ++k) d[k] = s[k];
+#else
+  copy_run<E>(s, d, n);
+#endif
+}
+
+constexpr int64_t kStreamingBytes = 4 << 20;  // copies at least this large stream their stores
+
 // Both arrays run along axis f: rows along f, merged with the next axes where both sides stay
-// contiguous (a slice-major volume is one block), long rows split into 64 KB pieces.
+// contiguous (a slice-major volume is one block). A task is about 64 KB: a piece of a long row,
+// or a group of short rows (a C-order volume sliced along Z into a slab of the same order has
+// one row per (x, y) of n elements, one per slice).
 template <typename E>
 void copy_rows(const Plan& p, int f) {
   int o1 = f == 0 ? 1 : 0, o0 = f == 2 ? 1 : 2;
@@ -64,23 +107,52 @@ void copy_rows(const Plan& p, int f) {
       n0 = 1;
     }
   }
-  const int64_t chunk = contiguous ? std::max<int64_t>(1, (64 << 10) / (int64_t)sizeof(E)) : len;
+  constexpr int64_t kTask = (64 << 10) / (int64_t)sizeof(E);  // elements per task
+  const int64_t chunk = contiguous ? std::max<int64_t>(1, kTask) : len;
   const int64_t pieces = (len + chunk - 1) / chunk;
-  const int64_t tasks = n0 * n1 * pieces;
-  const int64_t bytes = n0 * n1 * len * (int64_t)sizeof(E);
+  const int64_t rows = n0 * n1;
+  const int64_t group = pieces > 1 ? 1 : std::max<int64_t>(1, kTask / std::max<int64_t>(1, len));
+  const int64_t tasks = pieces > 1 ? rows * pieces : (rows + group - 1) / group;
+  const int64_t bytes = rows * len * (int64_t)sizeof(E);
+  const bool streaming = contiguous && bytes >= kStreamingBytes;
+  // short rows far apart in the source (a C-order volume sliced along Z): the hardware
+  // prefetchers do not follow them, so each row's lines are requested kAhead rows early
+  const bool prefetch = group > 1 && mag(p.ss[o1]) * (int64_t)sizeof(E) > 256;
+  constexpr int64_t kAhead = 8;
   const E* src = reinterpret_cast<const E*>(p.src);
   E* dst = reinterpret_cast<E*>(p.dst);
   parallel_tasks(tasks, bytes, kMinParallelBytes, [&](int64_t t) {
-    const int64_t piece = t % pieces, row = t / pieces;
-    const int64_t i1 = row % n1, i0 = row / n1;
+    const int64_t piece = pieces > 1 ? t % pieces : 0;
+    const int64_t r0 = pieces > 1 ? t / pieces : t * group;
+    const int64_t r1 = pieces > 1 ? r0 + 1 : std::min(rows, r0 + group);
     const int64_t start = piece * chunk, count = std::min(chunk, len - start);
-    const E* s = src + i0 * p.ss[o0] + i1 * p.ss[o1] + start * sf;
-    E* d = dst + i0 * p.ds[o0] + i1 * p.ds[o1] + start * df;
-    if (contiguous) {
-      std::memcpy(d, s, (size_t)count * sizeof(E));
-    } else {
-      for (int64_t k = 0; k < count; ++k) d[k * df] = s[k * sf];
+    for (int64_t row = r0; row < r1; ++row) {
+      const int64_t i1 = row % n1, i0 = row / n1;
+      const E* s = src + i0 * p.ss[o0] + i1 * p.ss[o1] + start * sf;
+#if defined(__SSE2__)
+      if (prefetch && row + kAhead < r1) {
+        const int64_t ahead = row + kAhead;
+        const uintptr_t first = reinterpret_cast<uintptr_t>(
+            src + (ahead / n1) * p.ss[o0] + (ahead % n1) * p.ss[o1] + start * sf);
+        const uintptr_t last = first + count * sizeof(E) - 1;
+        for (uintptr_t line = first & ~uintptr_t(63); line <= last; line += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T1);
+      }
+#endif
+      E* d = dst + i0 * p.ds[o0] + i1 * p.ds[o1] + start * df;
+      if (!contiguous) {
+        for (int64_t k = 0; k < count; ++k) d[k * df] = s[k * sf];
+      } else if (streaming) {
+        copy_run_streaming<E>(s, d, count);
+      } else if (count * (int64_t)sizeof(E) >= 512) {
+        std::memcpy(d, s, (size_t)count * sizeof(E));
+      } else {
+        copy_run<E>(s, d, count);
+      }
     }
+#if defined(__SSE2__)
+    if (streaming) _mm_sfence();  // this task's streaming stores land before it counts as done
+#endif
   });
 }
 
@@ -118,19 +190,6 @@ inline void transpose_block(const E* s, int64_t sb, E* d, int64_t da) {
   for (int i = 0; i < R; ++i) _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i * da), r[i]);
 }
 #endif
-
-// A short contiguous copy, inlined (a memcpy call costs as much as a 128-byte row).
-template <typename E>
-inline void copy_run(const E* s, E* d, int64_t n) {
-  int64_t k = 0;
-#if defined(__SSE2__)
-  constexpr int64_t R = 16 / (int64_t)sizeof(E);
-  for (; k + R <= n; k += R)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + k),
-                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + k)));
-#endif
-  for (; k < n; ++k) d[k] = s[k];
-}
 
 #if defined(__SSE2__)
 // A destination row written whole from a staging buffer: streaming (non-temporal) stores where
@@ -294,19 +353,21 @@ const char* run_geometry(const StridedVolume& vol, int axis, int64_t z0, int64_t
 
 }  // namespace
 
-void gather_slices_cpu(const StridedVolume& vol, int axis, int64_t z0, int64_t n, void* slab) {
+void gather_slices_cpu(const StridedVolume& vol, int axis, int64_t z0, int64_t n, void* slab,
+                       const int64_t* slab_strides) {
   int64_t st[3], shape[3];
   const char* base = run_geometry(vol, axis, z0, n, st, shape);
   const int64_t contiguous[3] = {shape[1] * shape[2], shape[2], 1};
-  copy_strided_cpu(base, st, slab, contiguous, shape, vol.itemsize);
+  copy_strided_cpu(base, st, slab, slab_strides ? slab_strides : contiguous, shape, vol.itemsize);
 }
 
 void scatter_slices_cpu(const void* slab, const StridedVolume& vol, int axis, int64_t z0,
-                        int64_t n) {
+                        int64_t n, const int64_t* slab_strides) {
   int64_t st[3], shape[3];
   const char* base = run_geometry(vol, axis, z0, n, st, shape);
   const int64_t contiguous[3] = {shape[1] * shape[2], shape[2], 1};
-  copy_strided_cpu(slab, contiguous, const_cast<char*>(base), st, shape, vol.itemsize);
+  copy_strided_cpu(slab, slab_strides ? slab_strides : contiguous, const_cast<char*>(base), st,
+                   shape, vol.itemsize);
 }
 
 }  // namespace sam_unet

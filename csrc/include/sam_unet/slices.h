@@ -15,13 +15,16 @@ struct StridedVolume {
   int64_t strides[3] = {0, 0, 0};
 };
 
-// Slices [z0, z0 + n) along `axis` (negative allowed) of `vol` -> slab (n, H, W) C-contiguous,
-// H and W the two remaining axes in order. Throws std::invalid_argument on a bad run/itemsize.
-void gather_slices_cpu(const StridedVolume& vol, int axis, int64_t z0, int64_t n, void* slab);
+// Slices [z0, z0 + n) along `axis` (negative allowed) of `vol` -> slab (n, H, W), H and W the
+// two remaining axes in order, with `slab_strides` (elements; nullptr: C-contiguous). A slab
+// laid out in the volume's own memory order is a row copy; any other layout a tiled transpose.
+// Throws std::invalid_argument on a bad run/itemsize.
+void gather_slices_cpu(const StridedVolume& vol, int axis, int64_t z0, int64_t n, void* slab,
+                       const int64_t* slab_strides = nullptr);
 
-// The reverse: slab (n, H, W) C-contiguous -> slices [z0, z0 + n) along `axis` of `vol`.
+// The reverse: slab (n, H, W) -> slices [z0, z0 + n) along `axis` of `vol`.
 void scatter_slices_cpu(const void* slab, const StridedVolume& vol, int axis, int64_t z0,
-                        int64_t n);
+                        int64_t n, const int64_t* slab_strides = nullptr);
 
 // dst <- src for two 3D arrays of the same shape and item size, any strides (in elements); the
 // two must not overlap. The loop order follows memory order, tiled transposes where the two

@@ -88,28 +88,40 @@ def speedups(rows: list[dict]) -> dict[str, Any]:
 
 
 def run_slab_copy_bench(shape: tuple[int, int, int] = (512, 512, 192), slab: int = 64, *,
-                        runs: int = 7) -> list[dict]:  # fmt: skip
-    """The host side of the GPU pipeline: gather int16 slices into a C-contiguous slab
+                        runs: int = 7, transposing: bool = True) -> list[dict]:  # fmt: skip
+    """The host side of the GPU pipeline: gather int16 slices into a pinned-sized slab
     (``ops.gather_slices``) and scatter uint8 mask slabs back (``ops.scatter_slices``), slab by
     slab over the whole volume, for C-order (sliced along the contiguous Z), Fortran-order
     (nibabel's) and slice-major (Z, X, Y) volumes; each against the same run's memcpy of the
     same bytes (``np.copyto`` of contiguous slab-sized buffers, slab by slab over a volume-sized
-    contiguous array, so both miss the cache alike). Median seconds of ``runs``."""
+    contiguous array, so both miss the cache alike). Median seconds of ``runs``.
+
+    Slabs and the mask volume are laid out as the pinned placement lays them out: in the input
+    volume's memory order (``slab_io.slab_order`` / ``slab_io.empty_in_order``). With
+    ``transposing``, also into a C-contiguous (n, H, W) slab and a C-order mask (a tiled
+    transpose for C and Fortran order), for comparison."""
     from sam_unet import ops
+    from sam_unet.runtime import slab_io
 
     x, y, z = shape
     rng = np.random.default_rng(0)
     c_vol = rng.integers(-1024, 3000, size=shape, dtype=np.int16)
     layouts = {
-        "C order (X, Y, Z), axis 2": (c_vol, 2),
-        "Fortran order (X, Y, Z), axis 2": (np.asfortranarray(c_vol), 2),
-        "slice-major (Z, X, Y), axis 0": (np.ascontiguousarray(np.moveaxis(c_vol, 2, 0)), 0),
+        "C order (X, Y, Z), axis 2": c_vol,
+        "Fortran order (X, Y, Z), axis 2": np.asfortranarray(c_vol),
+        "slice-major (Z, X, Y), axis 2": np.moveaxis(
+            np.ascontiguousarray(np.moveaxis(c_vol, 2, 0)), 0, 2),
     }
     starts = list(range(0, z, slab))
-    slab_i16 = np.ones((slab, x, y), np.int16)  # the pinned staging slab of the pipeline
-    slab_u8 = rng.integers(0, 2, size=(slab, x, y), dtype=np.uint8)
+    # the pinned staging slabs of the pipeline (page-aligned, as cudaHostAlloc's are)
+    flat_in = slab_io.page_aligned_empty(slab * x * y, np.int16)
+    flat_in.fill(1)
+    flat_out = slab_io.page_aligned_empty(slab * x * y, np.uint8)
+    flat_out[:] = rng.integers(0, 2, size=slab * x * y, dtype=np.uint8)
     # memcpy sources/targets, written so that their pages exist (untouched zero pages would all
     # read the same physical page from cache)
+    slab_i16 = np.ones((slab, x, y), np.int16)
+    slab_u8 = rng.integers(0, 2, size=(slab, x, y), dtype=np.uint8)
     flat_i16 = np.ones((len(starts), slab, x, y), np.int16)
     flat_u8 = np.ones((len(starts), slab, x, y), np.uint8)
     rows: list[dict] = []
@@ -124,27 +136,37 @@ def run_slab_copy_bench(shape: tuple[int, int, int] = (512, 512, 192), slab: int
             n = min(slab, z - z0)
             np.copyto(flat_u8[k, :n], slab_u8[:n])
 
-    for name, (vol, axis) in layouts.items():
-        mask = np.ones(vol.shape, np.uint8, order="F" if vol.flags.f_contiguous
-                       and not vol.flags.c_contiguous else "C")  # fmt: skip
+    cases = [(name, vol, "volume order") for name, vol in layouts.items()]
+    if transposing:
+        cases += [(name, vol, "C-contiguous (n, H, W)") for name, vol in layouts.items()
+                  if not name.startswith("slice-major")]
+    for name, vol, slab_layout in cases:
+        if slab_layout == "volume order":
+            order = slab_io.slab_order(vol, 2, 0, 1)
+            mask = slab_io.empty_in_order(vol.shape, slab_io.memory_order(vol.strides, vol.shape),
+                                          np.uint8, 1)
+        else:
+            order, mask = (0, 1, 2), np.ones(vol.shape, np.uint8)
 
-        def gather(vol=vol, axis=axis) -> None:
+        def gather(vol=vol, order=order) -> None:
             for z0 in starts:
                 n = min(slab, z - z0)
-                ops.gather_slices(vol, slab_i16[:n], z0=z0, n=n, axis=axis)
+                ops.gather_slices(vol, slab_io.slab_view(flat_in, n, (x, y), order), z0=z0, n=n,
+                                  axis=2)
 
-        def scatter(mask=mask, axis=axis) -> None:
+        def scatter(mask=mask, order=order) -> None:
             for z0 in starts:
                 n = min(slab, z - z0)
-                ops.scatter_slices(slab_u8[:n], mask, z0=z0, n=n, axis=axis)
+                ops.scatter_slices(slab_io.slab_view(flat_out, n, (x, y), order), mask, z0=z0,
+                                   n=n, axis=2)
 
         for op, fn, ref, nbytes in (("gather int16", gather, memcpy_in, c_vol.nbytes),
                                     ("scatter uint8", scatter, memcpy_out, c_vol.size)):
             t_ref = time_fn(ref, runs=runs).median  # fmt: skip
             t_op = time_fn(fn, runs=runs).median
-            rows.append({"layout": name, "op": op, "shape": "x".join(map(str, shape)),
-                         "slab": slab, "seconds": t_op, "slices_per_s": z / t_op,
-                         "gbps": nbytes / t_op / 1e9,
+            rows.append({"layout": name, "slab_layout": slab_layout, "op": op,
+                         "shape": "x".join(map(str, shape)), "slab": slab, "seconds": t_op,
+                         "slices_per_s": z / t_op, "gbps": nbytes / t_op / 1e9,
                          "memcpy_gbps": nbytes / t_ref / 1e9,
                          "fraction_of_memcpy": t_ref / t_op})  # fmt: skip
     return rows

@@ -12,6 +12,12 @@ compute. Slab ``i`` uses buffer set ``s = i % 2``:
 6. download stream: wait ``computed[s]``, copy ``pinned_out[s] <- device_out[s]``, record
    ``downloaded[s]``.
 
+Slab buffers are laid out in the volume's own memory order (``slab_io.slab_order``): the host
+gather and scatter are row copies at memcpy speed for C-order, Fortran-order and slice-major
+volumes alike, and the kernels read and write the slab through its strides (as they do a
+device-resident volume). Slab ``n`` is the first ``n * H * W`` elements of its buffer, so it
+crosses in one copy; the output volumes share the input's memory order.
+
 Uploads and downloads have their own streams, so the upload of slab i+1 never queues behind
 the download of slab i, and no buffer is written before the event of its last reader (checked on
 a simulated device by tests/test_pipeline_schedule.py). The host may run up to two slabs ahead
@@ -57,7 +63,9 @@ class PinnedPlacement(Placement):
 
         d, geo = self.dev, self.feed.geometry
         d.reset_peak()
-        hw = (slab_size, geo.height, geo.width)
+        self.order = slab_io.slab_order(self.volume, geo.axis, geo.row_axis, geo.col_axis)
+        self.hw = (geo.height, geo.width)
+        hw = (slab_size * geo.height * geo.width,)  # flat: see slab_view
         self.upload, self.download = d.stream("upload"), d.stream("download")
         self.images = d.device_buffer("images", (slab_size, 3, 256, 256), self.feed.images_dtype)
         self.pinned_in = [d.host_buffer(f"pinned_in[{s}]", hw, self.in_dtype) for s in SETS]
@@ -70,8 +78,9 @@ class PinnedPlacement(Placement):
                            for c, (_, t, _) in channels.items()}
         self.pinned_out = {c: [d.host_buffer(f"pinned_{c}[{s}]", hw, np.dtype(n)) for s in SETS]
                            for c, (n, _, _) in channels.items()}
-        self.outputs = {c: np.full(geo.shape, fill, dtype=n) if fill else
-                        np.zeros(geo.shape, dtype=n) for c, (n, _, fill) in channels.items()}
+        order = slab_io.memory_order(slab_io.strides_of(self.volume), geo.shape)
+        self.outputs = {c: slab_io.empty_in_order(geo.shape, order, n, fill)
+                        for c, (n, _, fill) in channels.items()}
         self.uploaded = [d.event(f"uploaded[{s}]") for s in SETS]
         self.preprocessed = [d.event(f"preprocessed[{s}]") for s in SETS]
         self.computed = [d.event(f"computed[{s}]") for s in SETS]
@@ -82,6 +91,14 @@ class PinnedPlacement(Placement):
         for c in channels:
             buffers += [*self.device_out[c], *self.pinned_out[c]]
         self.buffer_bytes = sum(b.nbytes for b in buffers)
+
+    def _view(self, flat: Any, n: int) -> Any:
+        """Slab ``n`` of a flat buffer as an (n, H, W) view in the volume's memory order."""
+        return slab_io.slab_view(flat, n, self.hw, self.order)
+
+    def _count(self, n: int) -> int:
+        """Elements of a slab of ``n`` slices (the leading part of a flat buffer)."""
+        return n * self.hw[0] * self.hw[1]
 
     # -- host side ---------------------------------------------------------------------------
     def _host_stage(self, stage: str, fn: Callable[[], None], *, reads: list[Buffer] = (),
@@ -100,7 +117,7 @@ class PinnedPlacement(Placement):
 
         def scatter() -> None:
             for c, out in self.outputs.items():
-                host = self.pinned_out[c][s].host
+                host = self._view(self.pinned_out[c][s].host, slab.n)
                 for off, first, m in slab.runs:
                     slab_io.scatter(host[off:off + m], out, z0=first, n=m, axis=axis)
 
@@ -118,7 +135,7 @@ class PinnedPlacement(Placement):
         d, s, n = self.dev, self.count % 2, slab.n
         self.set, self.count = s, self.count + 1
         d.host_wait(self.uploaded[s])  # the upload of slab i-2 has read pinned_in[s]
-        host, axis = self.pinned_in[s].host, self.feed.geometry.axis
+        host, axis = self._view(self.pinned_in[s].host, n), self.feed.geometry.axis
 
         def gather() -> None:
             for off, first, m in slab.runs:
@@ -127,10 +144,10 @@ class PinnedPlacement(Placement):
         self._host_stage("gather", gather, writes=[self.pinned_in[s]])
         d.wait(self.upload, self.preprocessed[s])  # preprocess of slab i-2 has read device_in[s]
         self._mark("upload", self.upload, lambda: d.copy(
-            self.upload, "upload", self.device_in[s], self.pinned_in[s], n))
+            self.upload, "upload", self.device_in[s], self.pinned_in[s], self._count(n)))
         d.record(self.uploaded[s], self.upload)
         d.wait(d.compute, self.uploaded[s])
-        src, images = self.device_in[s].array, self.images.array
+        src, images = self._view(self.device_in[s].array, n), self.images.array
         self._mark("preprocess", d.compute, lambda: d.launch(
             d.compute, "preprocess",
             lambda h: preprocess_slab(src, images, slab, self.feed, in_place=False, stream=h),
@@ -147,7 +164,7 @@ class PinnedPlacement(Placement):
         d, s, n = self.dev, self.set, slab.n
         self._drain(s)  # slab i-2's download has read device_out[s]; pinned_out[s] is free
         outs = {c: b[s] for c, b in self.device_out.items()}
-        arrays = {c: b.array for c, b in outs.items()}
+        arrays = {c: self._view(b.array, n) for c, b in outs.items()}
         self._mark("postprocess", d.compute, lambda: d.launch(
             d.compute, "postprocess",
             lambda h: store_result(result, arrays, slab, self.feed, in_place=False, stream=h),
@@ -157,7 +174,8 @@ class PinnedPlacement(Placement):
 
         def download() -> None:
             for c in outs:
-                d.copy(self.download, "download", self.pinned_out[c][s], outs[c], n)
+                d.copy(self.download, "download", self.pinned_out[c][s], outs[c],
+                       self._count(n))
 
         self._mark("download", self.download, download)
         d.record(self.downloaded[s], self.download)

@@ -7,6 +7,9 @@ stored, for each place a volume can live. The pipeline's one loop (runtime/pipel
 
 - :class:`HostPlacement`: host volume, CPU engine. The C++ ops read the volume in place and
   write the mask in place (slabs of dtypes they cannot read are converted first).
+
+Host output volumes are laid out in the input's memory order (a Fortran-order NIfTI volume gets
+a Fortran-order mask), so writing them back is a row copy, never a transpose.
 - ``DevicePlacement`` (placement_device.py): the volume is on the engine's GPU (torch or CuPy);
   the ops read and write it in place on the compute stream.
 - ``PinnedPlacement`` (placement_pinned.py): host volume, GPU engine: pinned double buffers,
@@ -145,9 +148,10 @@ class HostPlacement(Placement):
 
         geo = self.feed.geometry
         self.images = torch.empty((slab_size, 3, 256, 256), dtype=self.feed.images_dtype)
-        self.outputs = {"mask": np.zeros(geo.shape, dtype=np.uint8)}
+        order = slab_io.memory_order(slab_io.strides_of(self.volume), geo.shape)
+        self.outputs = {"mask": slab_io.empty_in_order(geo.shape, order, np.uint8)}
         if self.feed.scores:
-            self.outputs["scores"] = np.full(geo.shape, -np.inf, dtype=np.float32)
+            self.outputs["scores"] = slab_io.empty_in_order(geo.shape, order, np.float32, -np.inf)
         self.buffer_bytes = self.images.numel() * self.images.element_size()
         if not self.in_place:
             self.scratch = np.empty((slab_size, geo.height, geo.width),

@@ -5,13 +5,20 @@
 - :func:`convert_dtype`: the dtype a slab of a volume the ops cannot read is converted to,
   without losing precision (bool -> uint8, int8 -> int16, uint32/int64/uint64 -> float64,
   float16/bfloat16 -> float32, byte-swapped -> the same dtype in native order).
-- :func:`gather` / :func:`scatter`: slices ``[z0, z0 + n)`` along ``axis`` <-> a C-contiguous
-  (n, H, W) buffer; host arrays of one dtype go through the native multi-threaded copy
+- :func:`gather` / :func:`scatter`: slices ``[z0, z0 + n)`` along ``axis`` <-> an (n, H, W)
+  buffer of any strides; host arrays of one dtype go through the native multi-threaded copy
   (``ops.gather_slices`` / ``ops.scatter_slices``), anything else (a dtype conversion, device
   arrays) through the array library, on the current stream.
+- :func:`memory_order`, :func:`empty_in_order`, :func:`slab_order`, :func:`slab_view`: buffers
+  laid out in a volume's own memory order. A slab whose three axes sit in memory in the order
+  the volume's do is filled by row copies at memcpy speed; a C-contiguous (n, H, W) slab of a
+  C-order volume sliced along its contiguous Z, or of a Fortran-order one, needs a transpose on
+  the host, which the GPU's strided reads make unnecessary.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from typing import Any
 
@@ -44,6 +51,62 @@ def torch_dtype(dtype: np.dtype) -> Any:
     import torch
 
     return torch.from_numpy(np.empty(0, dtype=dtype.newbyteorder("="))).dtype
+
+
+def strides_of(array: Any) -> tuple[int, ...]:
+    """Strides of a NumPy, torch or CuPy array (units do not matter: only their order is used)."""
+    st = array.stride() if callable(getattr(array, "stride", None)) else array.strides
+    return tuple(int(s) for s in st)
+
+
+def memory_order(strides: Sequence[int], shape: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The axes from outermost to innermost in memory: by decreasing |stride|, axes of length
+    1 outermost (their stride means nothing), ties as in C order."""
+    shape = shape if shape is not None else (2,) * len(strides)
+    return tuple(sorted(range(len(strides)),
+                        key=lambda a: (shape[a] > 1, -abs(strides[a]), a)))
+
+
+_PAGE = 4096
+
+
+def empty_in_order(shape: Sequence[int], order: Sequence[int], dtype: Any,
+                   fill: float = 0) -> np.ndarray:
+    """A page-aligned NumPy array of ``shape`` filled with ``fill`` whose axes lie in memory in
+    ``order`` (outermost first): a mask volume laid out like the volume it masks."""
+    dims = [int(shape[a]) for a in order]
+    base = page_aligned_empty(int(np.prod(dims)), dtype).reshape(dims)
+    base.fill(fill)
+    return base.transpose(np.argsort(order))
+
+
+def page_aligned_empty(count: int, dtype: Any) -> np.ndarray:
+    """An uninitialised 1D NumPy array starting on a page boundary, as pinned buffers do
+    (NumPy aligns to 16 bytes): the native copies' rows of whole cache lines then take
+    streaming stores."""
+    dtype = np.dtype(dtype)
+    nbytes = count * dtype.itemsize
+    raw = np.empty(nbytes + _PAGE, np.uint8)
+    skip = -raw.ctypes.data % _PAGE
+    return raw[skip:skip + nbytes].view(dtype)
+
+
+def slab_order(volume: Any, axis: int, row_axis: int, col_axis: int) -> tuple[int, ...]:
+    """The memory order (outermost first) of a slab (n, H, W) laid out like ``volume``'s slices
+    along ``axis``: 0 names the slice axis, 1 the rows, 2 the columns."""
+    st, shape = strides_of(volume), tuple(volume.shape)
+    return memory_order((st[axis], st[row_axis], st[col_axis]),
+                        (2, shape[row_axis], shape[col_axis]))
+
+
+def slab_view(flat: Any, n: int, hw: tuple[int, int], order: Sequence[int]) -> Any:
+    """The first ``n * H * W`` elements of a 1D buffer (NumPy or torch) as an (n, H, W) view
+    whose axes lie in memory in ``order``: slab ``n`` occupies one contiguous block, so it
+    crosses to or from the device in one copy."""
+    dims = (n, *hw)
+    block = flat[:n * hw[0] * hw[1]].reshape([dims[a] for a in order])
+    inverse = tuple(int(a) for a in np.argsort(order))
+    return block.permute(*inverse) if hasattr(block, "permute") else block.transpose(inverse)
 
 
 def _moved(volume: Any, axis: int, z0: int, n: int) -> Any:
