@@ -219,7 +219,8 @@ def slab_markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['layout']} | {r['slab_layout']} | {r['op']} | {r['shape']} | {r['slab']} | {r['seconds'] * 1e3:.1f} "
+            f"| {r['layout']} | {r['slab_layout']} | {r['op']} | {r['shape']} | {r['slab']} "
+            f"| {r['seconds'] * 1e3:.1f} "
             f"| {r['slices_per_s']:.0f} | {r['gbps']:.2f} | {r['memcpy_gbps']:.2f} "
             f"| {r['fraction_of_memcpy']:.0%} |"
         )
