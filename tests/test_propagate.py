@@ -84,12 +84,16 @@ def test_walk_stops_where_the_structure_ends(walked):
     assert r.stopped["forward"].startswith(f"slice {last + 1}: mask of ")
     assert mask[:, :, last + 1:].max() == 0 and mask[:, :, last].sum() >= 16
     assert np.flatnonzero(mask.any(axis=(0, 1))).tolist() == r.slices
-    # nothing past the structure but the encoder's look-ahead: batches of at most 4 slices
+    # nothing past the structure but the encoder's look-ahead: calls of at most 4 slices
     encodes = [n for k, n in calls if k == "encode"]
     decodes = [n for k, n in calls if k == "decode"]
-    assert max(encodes) == 4 and set(decodes) == {1}
-    assert len(decodes) == len(r.slices) + 1  # the forward stop slice is decoded, not kept
-    assert r.encoded == sum(encodes) and r.unused == sum(encodes) - len(decodes) <= 3
+    assert max(encodes) == 4
+    # lockstep: the seed alone, then one call per step for both directions while both walk
+    # (backward reaches slice 0 after `seed` steps), then forward alone
+    both = seed
+    assert decodes == [1] + [2] * both + [1] * (len(decodes) - 1 - both)
+    assert sum(decodes) == len(r.slices) + 1  # the forward stop slice is decoded, not kept
+    assert r.encoded == sum(encodes) and r.unused == sum(encodes) - sum(decodes) <= 3
     assert r.decoder_calls == len(decodes) and r.encoder_calls == len(encodes)
 
 

@@ -7,12 +7,14 @@ and backwards: each next slice is prompted with the bounding box of the previous
 direction stops at the volume's edge, or at the first slice whose mask has fewer than
 ``min_area`` voxels (that slice is left empty). Slices beyond the structure are never computed.
 
-Cost: the encoder (the expensive half) runs ahead of the walk in batches of ``lookahead`` slices
-along the direction of travel, one backend call per batch; only the decoder, which needs the
-previous slice's mask, runs slice by slice. Once the mask has shrunk under a quarter of the
-walk's largest (the structure is ending) the batches shrink to 2 slices, so few slices are
-encoded and never used (at most ``lookahead - 1`` per direction; they stay in a session's
-cache). Backends that cannot split run the whole model slice by slice.
+Cost: the two directions walk in lockstep, so each step decodes both next slices in one
+decoder call; the encoder (the expensive half) runs ahead of the walk, one backend call of about
+``lookahead`` slices shared by the directions still walking (``lookahead // 2`` ahead of each
+while both walk). Only the decoder, which needs the previous slice's mask, runs step by step.
+Once a direction's mask has shrunk under a tenth of the walk's largest (the structure is
+ending) it is encoded at most 2 slices ahead, so few slices are encoded and never used (they
+stay in a session's cache). Backends that cannot split run the whole model step by step on the
+slices of that step.
 
 Frames: the 2D box ``(x0, y0, x1, y1)`` has x over the first remaining volume axis
 and y over the second (axial slices of an (X, Y, Z) volume: x over axis 0, y over axis 1),
@@ -32,7 +34,7 @@ DIRECTIONS = ("both", "forward", "backward")
 DEFAULT_MARGIN = 3.0  # voxels added on every side of the previous slice's mask box
 DEFAULT_MIN_AREA = 16  # voxels: a slice with a smaller mask ends the structure
 DEFAULT_LOOKAHEAD = 8  # slices encoded per encoder call ahead of the walk
-NEAR_END_FRACTION = 0.25  # a mask under this fraction of the walk's largest: near the end ...
+NEAR_END_FRACTION = 0.1  # a mask under this fraction of the walk's largest: near the end ...
 NEAR_END_LOOKAHEAD = 2  # ... where batches this short are encoded
 
 
@@ -115,30 +117,35 @@ def seed_box(session: Any, k: int, prompt: Any) -> np.ndarray:
     return session.check_box(arr, k)
 
 
-class _Ahead:
-    """Embeddings of the slices ``start, start + step, ...``, encoded a batch at a time: the
-    full ``lookahead`` while the structure is large, ``NEAR_END_LOOKAHEAD`` once its mask has
-    shrunk under ``NEAR_END_FRACTION`` of the largest mask of the walk (near its end, where
-    slices encoded ahead are likely never used)."""
+class _Front:
+    """One direction of the walk: the next slice ``k``, the box of the last mask, and the
+    embeddings encoded ahead of it (``queue`` of (slice, entry))."""
 
-    def __init__(self, session: Any, start: int, step: int, lookahead: int) -> None:
-        self.session, self.next_k, self.step, self.lookahead = session, start, step, lookahead
+    def __init__(self, step: int, k: int, box: np.ndarray) -> None:
+        self.step, self.k, self.box = step, k, box
+        self.name = "forward" if step > 0 else "backward"
         self.queue: deque = deque()
         self.near_end = False
 
-    def take(self, k: int) -> tuple[Any, Any]:
-        if not self.queue:
-            n = self.session.n_slices
-            size = min(self.lookahead, NEAR_END_LOOKAHEAD) if self.near_end else self.lookahead
-            ks = [k + i * self.step for i in range(size)]
-            ks = [j for j in ks if 0 <= j < n]
-            self.queue.extend(zip(ks, self.session.encode(ks), strict=True))
-        j, entry = self.queue.popleft()
-        assert j == k, (j, k)
-        return entry
+    def wanted(self, size: int, n_slices: int) -> list[int]:
+        """The slices to encode so that ``size`` are queued ahead (inside the volume)."""
+        nxt = self.queue[-1][0] + self.step if self.queue else self.k
+        count = max(0, size - len(self.queue))
+        return [j for j in (nxt + i * self.step for i in range(count)) if 0 <= j < n_slices]
 
-    def unused(self) -> int:
-        return len(self.queue)
+
+def _refill(session: Any, fronts: list[_Front], lookahead: int, seed: int | None = None) -> Any:
+    """One encoder call that tops up every front's queue: ``lookahead`` slices shared between
+    the fronts (and the seed, if given, which is encoded first and returned)."""
+    extra = [] if seed is None else [seed]
+    per = max(1, (lookahead - len(extra)) // max(1, len(fronts)))
+    wanted = [f.wanted(min(per, NEAR_END_LOOKAHEAD) if f.near_end else per, session.n_slices)
+              for f in fronts]
+    entries = iter(session.encode(extra + [k for ks in wanted for k in ks]))
+    first = next(entries) if extra else None
+    for f, ks in zip(fronts, wanted, strict=True):
+        f.queue.extend((k, next(entries)) for k in ks)
+    return first
 
 
 def propagate(
@@ -161,7 +168,8 @@ def propagate(
     min_area: a slice whose mask has fewer voxels ends that direction (default 16); the seed
         slice is kept whatever its area, but the walk starts only if it reaches ``min_area``.
     direction: "both" (default), "forward" (increasing slice index) or "backward".
-    lookahead: slices per encoder call ahead of the walk (default min(8, session batch)).
+    lookahead: slices per encoder call ahead of the walk, shared by the directions still
+        walking (default min(8, session batch)).
 
     Returns a uint8 {0, 1} mask of the volume's shape and array kind. The session's
     ``last_propagation`` holds a :class:`PropagationReport`.
@@ -177,52 +185,72 @@ def propagate(
     report = PropagationReport(seed=k0)
     out = session.new_mask()
     shape = session.slice_shape
-    steps = [s for s, name in ((1, "forward"), (-1, "backward")) if direction in ("both", name)]
-    streams = {s: _Ahead(session, k0 + s, s, lookahead) for s in steps}
-    # The seed rides in the first batch of the first direction walked.
-    streams[steps[0]] = _Ahead(session, k0, steps[0], lookahead)
-
+    fronts = [_Front(s, k0 + s, box0) for s, name in ((1, "forward"), (-1, "backward"))
+              if direction in ("both", name)]
     used: dict[int, list[float]] = {}
 
-    def segment(k: int, box: np.ndarray, stream: _Ahead) -> tuple[int, np.ndarray | None]:
-        used[k] = [float(v) for v in box]
-        mbox = session.model_box(box)
-        if session.can_split:
-            logits = session.decode(stream.take(k), mbox)
+    def step(ks: list[int], boxes: list[np.ndarray], entries: list[Any] | None) -> list[Any]:
+        """Decode slices ``ks`` with slice-frame ``boxes`` in one call; write their masks;
+        (area, box) of each."""
+        for k, b in zip(ks, boxes, strict=True):
+            used[k] = [float(v) for v in b]
+        mboxes = np.stack([session.model_box(b) for b in boxes])
+        if entries is not None:
+            logits = session.decode_batch(entries, mboxes)
         else:
-            logits = session.run_full(k, mbox)
-        session.write_slice(logits, out, k)
-        return mask_extent(session.slice_of(out, k))
+            logits = session.run_full_batch(ks, mboxes)
+        extents = []
+        for i, k in enumerate(ks):
+            session.write_slice(logits[i:i + 1], out, k)
+            extents.append(mask_extent(session.slice_of(out, k)))
+        return extents
 
-    area, box = segment(k0, box0, streams[steps[0]])
+    seed_entry = _refill(session, fronts, lookahead, seed=k0) if session.can_split else None
+    ((area, box),) = step([k0], [box0], None if seed_entry is None else [seed_entry])
     written = [k0] if area else []
     largest = area
     if area < min_area:
         why = "empty" if area == 0 else f"{area} voxels < min_area {min_area}"
-        for s in steps:
-            report.stopped["forward" if s > 0 else "backward"] = f"the seed slice's mask is {why}"
+        for f in fronts:
+            report.stopped[f.name] = f"the seed slice's mask is {why}"
+        fronts, stopped = [], list(fronts)
     else:
-        for s in steps:
-            name = "forward" if s > 0 else "backward"
-            prev_box, k = box, k0 + s
-            while True:
-                if not 0 <= k < session.n_slices:
-                    report.stopped[name] = f"reached the volume's edge after slice {k - s}"
-                    break
-                a, b = segment(k, grow_box(prev_box, margin, shape), streams[s])
-                if a < min_area:
-                    if a:
-                        session.slice_of(out, k)[...] = 0
-                    report.stopped[name] = (f"slice {k}: mask of {a} voxels < min_area "
-                                            f"{min_area}")
-                    break
-                written.append(k)
-                largest = max(largest, a)
-                streams[s].near_end = a < NEAR_END_FRACTION * largest
-                prev_box, k = b, k + s
+        for f in fronts:
+            f.box = box
+        stopped = []
+    while fronts:
+        for f in [f for f in fronts if not 0 <= f.k < session.n_slices]:
+            report.stopped[f.name] = f"reached the volume's edge after slice {f.k - f.step}"
+            fronts.remove(f)
+            stopped.append(f)
+        if not fronts:
+            break
+        if session.can_split and any(not f.queue for f in fronts):
+            _refill(session, fronts, lookahead)
+        entries = None
+        if session.can_split:
+            entries = []
+            for f in fronts:
+                j, entry = f.queue.popleft()
+                assert j == f.k, (j, f.k)
+                entries.append(entry)
+        ks = [f.k for f in fronts]
+        results = step(ks, [grow_box(f.box, margin, shape) for f in fronts], entries)
+        for f, (a, b) in zip(list(fronts), results, strict=True):
+            if a < min_area:
+                if a:
+                    session.slice_of(out, f.k)[...] = 0
+                report.stopped[f.name] = f"slice {f.k}: mask of {a} voxels < min_area {min_area}"
+                fronts.remove(f)
+                stopped.append(f)
+                continue
+            written.append(f.k)
+            largest = max(largest, a)
+            f.near_end = a < NEAR_END_FRACTION * largest
+            f.box, f.k = b, f.k + f.step
     report.slices = sorted(written)
     report.boxes = {k: used[k] for k in report.slices}
-    report.unused = sum(st.unused() for st in streams.values())
+    report.unused = sum(len(f.queue) for f in stopped)
     report.encoded = stats.encoded_slices - before[0]
     report.encoder_calls = stats.encoder_calls - before[1]
     report.decoder_calls = stats.decoder_calls + stats.full_runs - before[2]

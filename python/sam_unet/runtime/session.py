@@ -281,11 +281,20 @@ class Session:
 
     def decode(self, entry: tuple[Any, Any], model_box: np.ndarray) -> Any:
         """Logits (1, 1, 64, 64) float32 of one box (model frame) on an encoded slice."""
+        return self.decode_batch([entry], np.asarray(model_box).reshape(1, 4))
+
+    def decode_batch(self, entries: Sequence[tuple[Any, Any]], model_boxes: np.ndarray) -> Any:
+        """Logits (m, 1, 64, 64) float32 of m encoded slices, one box each ((m, 4), model
+        frame), in one decoder call."""
         import torch
 
         t0 = time.perf_counter()
-        boxes = torch.from_numpy(np.asarray(model_box, dtype=np.float32).reshape(1, 4))
-        logits = self.backend.decode(entry[0], entry[1], boxes.to(entry[0].device))
+        boxes = torch.from_numpy(np.asarray(model_boxes, dtype=np.float32).reshape(-1, 4))
+        emb, feat = entries[0]
+        if len(entries) > 1:
+            emb = torch.cat([e[0] for e in entries])
+            feat = torch.cat([e[1] for e in entries])
+        logits = self.backend.decode(emb, feat, boxes.to(emb.device))
         _check_finite(logits)
         self.stats.add_time("decode", t0)
         self.stats.decoder_calls += 1
@@ -293,11 +302,16 @@ class Session:
 
     def run_full(self, k: int, model_box: np.ndarray) -> Any:
         """Logits (1, 1, 64, 64) of one slice and box through the whole model (no split)."""
+        return self.run_full_batch([k], np.asarray(model_box).reshape(1, 4))
+
+    def run_full_batch(self, ks: Sequence[int], model_boxes: np.ndarray) -> Any:
+        """Logits (m, 1, 64, 64) of slices ``ks``, one box each ((m, 4), model frame), through
+        the whole model in one call (a backend that cannot split)."""
         import torch
 
-        images = self.images([k])
+        images = self.images(ks)
         t0 = time.perf_counter()
-        boxes = torch.from_numpy(np.asarray(model_box, dtype=np.float32).reshape(1, 4))
+        boxes = torch.from_numpy(np.asarray(model_boxes, dtype=np.float32).reshape(-1, 4))
         logits = self.backend.run(images, boxes.to(images.device))
         _check_finite(logits)
         self.stats.add_time("encode", t0)
