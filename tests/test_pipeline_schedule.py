@@ -156,6 +156,41 @@ def test_structures_through_double_buffers(backend, engine):
     np.testing.assert_array_equal(out["scores"], scores)
 
 
+LAYOUTS = {  # volume layout -> (the volume from a C-order array, slab memory order)
+    "C order, sliced along the contiguous Z": (lambda a: a, (1, 2, 0)),
+    "Fortran order": (np.asfortranarray, (0, 2, 1)),
+    "slice-major": (lambda a: np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 2, 0)), 0, 2),
+                    (0, 1, 2)),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_slabs_and_masks_follow_the_volume_memory_order(backend, engine, layout):
+    """The pinned slabs are laid out like the volume's slices (so the host gather and scatter are
+    row copies, not transposes) and the mask like the volume; the kernels read and write the
+    slabs through their strides; the mask equals the CPU engine's (a partial last slab)."""
+    make, order = LAYOUTS[layout]
+    vol = make(_volume(shape=(19, 14, 10)))
+    geo = SliceGeometry.of(vol.shape, 2)
+    idx, boxes = slice_prompts(geo, None)
+    plan = Plan(geo, idx, boxes[None])
+    feed = Feed(geo, "slice-minmax", None, torch.float32)
+    placement = PinnedPlacement(SimDevice(), vol, feed)
+    stats, guard = SegmentStats(), FiniteGuard()
+    out = run_plan(plan, placement, WholeModelStep(backend, plan, guard, stats), guard, 4, stats)
+    assert placement.order == order
+    view = placement._view(placement.pinned_in[0].host, 4)
+    assert view.shape == (4, 19, 14) and np.shares_memory(view, placement.pinned_in[0].host)
+    strides = [view.strides[a] for a in order]
+    assert strides == sorted(strides, reverse=True)
+    cpu = engine.segment(vol, batch_size=4)  # the CPU engine's mask follows the volume too
+    for mask in (out["mask"], cpu):
+        by_stride = np.argsort([-s for s in mask.strides], kind="stable")
+        assert (np.argsort([-s for s in vol.strides], kind="stable") == by_stride).all()
+        assert mask.__array_interface__["data"][0] % 4096 == 0  # page-aligned: streaming stores
+    np.testing.assert_array_equal(out["mask"], cpu)
+
+
 @pytest.mark.parametrize("dtype", [np.int16, np.int64])
 def test_device_resident_placement(backend, engine, dtype):
     """The device-resident placement (volume and mask on the device, ops in place on the

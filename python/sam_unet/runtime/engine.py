@@ -254,7 +254,8 @@ class Engine:
                 normalize: str | None = None, boxes: Any = None, box_mask: Any = None,
                 batch_size: int | None = None) -> Any:
         """Segment a 3D volume slice by slice -> uint8 {0, 1} mask of the volume's shape, of the
-        same array kind (NumPy, torch, CuPy) and device.
+        same array kind (NumPy, torch, CuPy) and device; a host mask is laid out in the
+        volume's memory order (a Fortran-order volume gets a Fortran-order mask).
 
         volume: (X, Y, Z) NumPy array, torch tensor (CPU or CUDA) or CuPy array, any strides, of
             any real dtype: uint8, int16, uint16, int32, float32, float64 are read in place;
