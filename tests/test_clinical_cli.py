@@ -140,8 +140,15 @@ def test_a_study_with_two_series_needs_series(case, tmp_path, capsys, single_thr
     uid = list_dicom_series(study)[1].uid
     rc, _, err = _run(["-i", str(study), "-o", str(tmp_path / "out"), "--series", uid], capsys)
     assert rc == 0, err
-    out = nib.load(str(tmp_path / "out" / "study_seg.nii.gz"))
+    path = tmp_path / "out" / "study_seg.nii.gz"
+    out = nib.load(str(path))
     assert out.shape == (data.shape[0], data.shape[1], 3)
+    # --continue checks the output against the chosen series, and skips it
+    stamp = path.stat().st_mtime_ns
+    rc, text, err = _run(["-i", str(study), "-o", str(tmp_path / "out"), "--series", uid,
+                          "--continue"], capsys)
+    assert rc == 0 and "segmented 0, skipped 1 (already done), failed 0" in text, (text, err)
+    assert path.stat().st_mtime_ns == stamp
 
 
 def test_a_failed_seg_leaves_none_of_the_files_outputs(case, tmp_path, capsys, single_thread):

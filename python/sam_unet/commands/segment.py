@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     # 2. --continue: only complete outputs are skipped
     todo, skipped = [], 0
     for job in mine:
-        if args.resume and output_is_complete(job) and all(
+        if args.resume and output_is_complete(job, series_uid=args.series) and all(
                 p.exists() for p in job.outputs.values()):
             skipped += 1
             continue

@@ -148,7 +148,14 @@ def read_volume(path: str | os.PathLike) -> Volume:
     return _format_of(path).read(path)
 
 
-def read_geometry(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
-    """(stored shape, affine) of an input, without reading its voxels."""
+def read_geometry(path: str | os.PathLike, *, series_uid: str | None = None
+                  ) -> tuple[tuple[int, ...], np.ndarray]:
+    """(stored shape, affine) of an input, without reading its voxels; ``series_uid`` picks
+    one series of a DICOM input that holds several (as ``--series`` does)."""
     path = Path(path)
+    if series_uid is not None:
+        from sam_unet.io import dicom
+
+        if dicom.is_dicom_input(path):
+            return dicom.dicom_geometry(path, series_uid=series_uid)
     return _format_of(path).geometry(path)

@@ -176,16 +176,17 @@ def refuse_overwriting_inputs(jobs: list[Job], *, input_folder: str | os.PathLik
                     f"are named <name>{LABEL_SUFFIX_TAG}.nii.gz in an output folder)")
 
 
-def output_is_complete(job: Job) -> bool:
+def output_is_complete(job: Job, *, series_uid: str | None = None) -> bool:
     """True when the label map exists, is a readable NIfTI whose voxels all decompress, and has
-    the input's stored shape and affine (``--continue`` skips only these)."""
+    the input's stored shape and affine (``--continue`` skips only these); ``series_uid``: the
+    series segmented from a DICOM input that holds several."""
     import nibabel as nib
 
     out = job.labels
     if not out.is_file() or not is_nifti_path(out):
         return False
     try:
-        shape, affine = read_geometry(job.source)
+        shape, affine = read_geometry(job.source, series_uid=series_uid)
         with nib.imageglobals.LoggingOutputSuppressor():
             img = nib.load(str(out))
             data = np.asanyarray(img.dataobj)
