@@ -159,6 +159,39 @@ def test_readme_set_up_is_two_commands_with_real_extras():
     assert _extras_named("".join(blocks)) <= _pyproject_extras()
 
 
+def test_readme_use_block_runs(tmp_path, monkeypatch):
+    """README's Python "Use" block, as written, with what it leaves to the reader supplied: a
+    ``model.pt`` (the demo checkpoint), a ``ct.nii.gz`` and ``volume`` (a crop of the bundled
+    MNI152 T1) and the 3D box corners."""
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    import sam_unet
+    from sam_unet.data import mni152
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Use", 1)[1].split("\n## ", 1)[0]
+    ((body, line),) = [(b, n) for info, b, n in fenced_blocks(section) if info == "python"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SAM_UNET_ONNX_CACHE", str(tmp_path / ".cache"))
+    shutil.copy(Path(sam_unet.__file__).parent / "assets" / "demo_tiny.pt", "model.pt")
+    t1, _ = mni152.load_t1_and_wm_mask()
+    volume = np.ascontiguousarray(np.asarray(t1.data)[40:120, 50:150, 80:88])
+    nib.save(nib.Nifti1Image(volume.astype(np.int16), np.eye(4)), "ct.nii.gz")
+    names = {"__name__": "__readme__", "volume": volume,
+             **dict(zip(("x0", "y0", "z0", "x1", "y1", "z1"), (10, 20, 2, 60, 80, 5)))}
+    try:
+        exec(compile(body, f"README.md:{line}", "exec"), names)
+    except Exception as exc:  # noqa: BLE001 - reported with the block
+        pytest.fail(f"README.md's Use block failed: {type(exc).__name__}: {exc}\n{body}")
+    mask = names["mask"]
+    assert mask.shape == volume.shape and mask.dtype == np.uint8
+    assert not mask[:, :, :2].any() and not mask[:, :, 6:].any()  # the 3D box's slices only
+    assert nib.load("mask.nii.gz").shape == volume.shape
+
+
 @pytest.mark.slow
 def test_guide_runs(tmp_path, monkeypatch):
     """Every bash and python block of the guide, in order, in one folder (about a minute on
