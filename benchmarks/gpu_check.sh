@@ -75,6 +75,11 @@ grep -E '^(FAILED|ERROR|SKIPPED)|gpu test skipped under' "$OUT_DIR/gpu_tests.log
 tail -3 "$OUT_DIR/gpu_tests.log"
 check "GPU tests" $RC
 
+step "host side: slab gather/scatter vs memcpy (this machine's CPU)"
+timeout 30 python3 benchmarks/bench_ops.py --slabs --runs 5 --json "$OUT_DIR/slabs.json" \
+  2>&1 | tail -12
+check "slab copies" $?
+
 step "benchmarks"
 timeout 150 python3 -m sam_unet.cli bench --device cuda --size full --runs 5 \
   -o "$OUT_DIR/bench" --quiet >"$OUT_DIR/bench.log" 2>&1
