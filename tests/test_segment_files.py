@@ -214,6 +214,32 @@ def test_torchrun_shards_folder(tmp_path, small_ckpt, mni_crop):
 
 
 @pytest.mark.slow
+def test_torchrun_ranks_that_cannot_load_the_model_still_report(tmp_path, mni_crop):
+    """A damaged checkpoint under torchrun: each rank says so in one line and still joins the
+    summary exchange (a rank whose load fails alone must not leave the others waiting), rank 0
+    prints the totals, the run ends non-zero with nothing written."""
+    data, affine = mni_crop
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        _write(src / f"vol{i}.nii.gz", data[..., i:i + 3], affine)
+    bad = tmp_path / "damaged.pt"
+    bad.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "sam_unet.cli", "segment", "-i", str(src), "-o", str(out),
+           "--checkpoint", str(bad), "--device", "cpu", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert text.count("sam-unet segment: error: ") == 2 and "cannot load the model" in text
+    assert "segmented 0, skipped 0 (already done), failed 4" in proc.stdout, text[-3000:]
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not DEMO_CKPT.is_file(), reason="demo checkpoint not built yet")
 def test_mni_torch_and_onnxruntime_agree(tmp_path):
     from sam_unet.export.onnx import export_onnx

@@ -17,6 +17,7 @@ import errno
 import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 PROG = "sam-unet segment"
@@ -226,6 +227,9 @@ def run(args: argparse.Namespace) -> int:
                 raise
             print(error_line(model_path, exc, what="cannot load the model: ", fix=MODEL_FIX),
                   file=sys.stderr)
+            # under torchrun the load can fail on one rank only (its device): it still joins
+            # the summary, so the other ranks finish their shares instead of waiting for it
+            _report(rank, world, 0, skipped, len(todo), solo=False)
             return 1
         info = getattr(engine, "model_info", None)
         if args.normalize == "window" and args.window is None and getattr(info, "window",
@@ -243,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
                 raise
             print(error_line(folder, exc, what="cannot use the output folder: ",
                              fix="give another -o folder"), file=sys.stderr)
+            _report(rank, world, 0, skipped, len(todo), solo=False)
             return 1
     if todo:
         if not args.quiet:
@@ -290,16 +295,20 @@ def summary_line(done: int, skipped: int, failed: int) -> str:
     return f"segmented {done}, skipped {skipped} (already done), failed {failed}"
 
 
-def _report(rank: int, world: int, done: int, skipped: int, failed: int) -> None:
-    """The summary line; under torchrun, every rank's counts gathered over gloo on rank 0."""
+def _report(rank: int, world: int, done: int, skipped: int, failed: int, *,
+            solo: bool = True) -> None:
+    """The summary line; under torchrun, every rank's counts gathered over gloo on rank 0
+    (``solo`` False: a single process that stopped on an error prints no summary)."""
     if world == 1:
-        print(summary_line(done, skipped, failed))
+        if solo:
+            print(summary_line(done, skipped, failed))
         return
     import torch.distributed as dist
 
     owned = not dist.is_initialized()
     if owned:
-        dist.init_process_group("gloo")
+        # a rank that could not load the model waits here for the others' whole shares
+        dist.init_process_group("gloo", timeout=timedelta(hours=24))
     try:
         counts: list = [None] * world
         dist.all_gather_object(counts, (rank, done, skipped, failed))
