@@ -181,7 +181,8 @@ def test_readme_use_block_runs(tmp_path, monkeypatch):
     volume = np.ascontiguousarray(np.asarray(t1.data)[40:120, 50:150, 80:88])
     nib.save(nib.Nifti1Image(volume.astype(np.int16), np.eye(4)), "ct.nii.gz")
     names = {"__name__": "__readme__", "volume": volume,
-             **dict(zip(("x0", "y0", "z0", "x1", "y1", "z1"), (10, 20, 2, 60, 80, 5)))}
+             **dict(zip(("x0", "y0", "z0", "x1", "y1", "z1"), (10, 20, 2, 60, 80, 5),
+                       strict=True))}
     try:
         exec(compile(body, f"README.md:{line}", "exec"), names)
     except Exception as exc:  # noqa: BLE001 - reported with the block
