@@ -302,6 +302,17 @@ def test_gather_scatter_errors() -> None:
         ops.gather_slices(vol, np.zeros((4, 9, 8), np.int16), z0=0, n=4)
     with pytest.raises(ValueError, match=r"\(4, 8, 9\)"):
         ops.gather_slices(vol, np.zeros((4, 8, 9), np.int16).T, z0=0, n=4)
+    with pytest.raises(ValueError, match="z0 must be an integer, got 0.9"):
+        ops.gather_slices(vol, np.zeros((2, 8, 9), np.int16), z0=0.9, n=2)
+    with pytest.raises(ValueError, match="n must be an integer"):
+        ops.scatter_slices(np.zeros((2, 8, 9), np.int16), vol, z0=0, n=2.0)
+    with pytest.raises(ValueError, match="dtype object cannot be copied"):
+        ops.gather_slices(vol.astype(object), np.zeros((4, 8, 9), object), z0=0, n=4)
+    cplx = torch.zeros((8, 9, 4), dtype=torch.complex64)
+    with pytest.raises(ValueError, match="volume is a lazy conjugate view.*resolve_conj"):
+        ops.gather_slices(cplx.conj(), torch.zeros((4, 8, 9), dtype=torch.complex64), z0=0, n=4)
+    with pytest.raises(ValueError, match="out_volume is a lazy conjugate view"):
+        ops.scatter_slices(torch.zeros((4, 8, 9), dtype=torch.complex64), cplx.conj(), z0=0, n=4)
     with pytest.raises(ValueError, match="out has overlapping strides"):
         ops.gather_slices(vol, torch.zeros((1, 8, 9), dtype=torch.int16).expand(4, 8, 9), z0=0,
                           n=4)

@@ -142,10 +142,18 @@ def test_session_propagation_reuses_cached_embeddings(walked):
     session = eng.session(top)
     first = session.propagate(seed, box, lookahead=4)
     encoded = eng.backend.slices("encode")
-    again = session.propagate(seed, box)
+    again = session.propagate(seed, box, lookahead=4)
     assert np.array_equal(first, again) and np.array_equal(first, ref)
     assert eng.backend.slices("encode") == encoded and session.last_propagation.encoded == 0
+    # a longer look-ahead may encode a few slices past where the first walk's look-ahead
+    # stopped (at most one look-ahead's worth), none of the walked ones
+    hits = session.stats.cache_hits
+    wider = session.propagate(seed, box, lookahead=8)
+    r = session.last_propagation
+    assert np.array_equal(wider, ref) and r.encoded <= 8
+    assert session.stats.cache_hits - hits >= len(r.slices)
     # an interactive box on a walked slice: decoder only
+    encoded = eng.backend.slices("encode")
     session.predict(seed + 2, box)
     assert eng.backend.slices("encode") == encoded
 

@@ -278,6 +278,10 @@ def _raw_host(x: ArrayLike, name: str, *, writable: bool = False) -> np.ndarray:
                 f"{name} is a CUDA tensor; gather_slices/scatter_slices work on host arrays"
             )
         t = x.detach()
+        if t.is_conj() or t.is_neg():
+            lazy = "conjugate" if t.is_conj() else "negative"
+            raise ValueError(f"{name} is a lazy {lazy} view whose memory does not hold its values; "
+                             f"pass x.resolve_conj().resolve_neg()")
         size = t.element_size()
         if size not in (1, 2, 4, 8):
             raise ValueError(f"{name}: item size must be 1, 2, 4 or 8 bytes, got {size}")
@@ -296,8 +300,9 @@ def _raw_host(x: ArrayLike, name: str, *, writable: bool = False) -> np.ndarray:
             f"{name} must be a NumPy array or a torch CPU tensor, got {type(x).__name__}"
         )
     size = a.dtype.itemsize
-    if size not in (1, 2, 4, 8):
-        raise ValueError(f"{name}: item size must be 1, 2, 4 or 8 bytes, got {a.dtype}")
+    if a.dtype.hasobject or size not in (1, 2, 4, 8):
+        raise ValueError(f"{name}: dtype {a.dtype} cannot be copied as raw items; give an array "
+                         "of numbers with 1, 2, 4 or 8 bytes per item")
     if writable and not a.flags.writeable:
         raise ValueError(f"{name} must be writable (it is a read-only array)")
     return a.view(np.dtype(f"u{size}"))
@@ -321,27 +326,39 @@ def gather_slices(volume: ArrayLike, out: ArrayLike, *, z0: int, n: int, axis: i
     Args:
         volume: 3D NumPy array or torch CPU tensor, any dtype of 1, 2, 4 or 8 bytes, any strides
             (negative included, e.g. a flipped view).
-        out: C-contiguous (n, H, W) array of the same dtype (NumPy or torch, pinned or not), H and
-            W the two remaining axes of the volume in order (slice k is ``volume[:, :, z0 + k]``
-            for axis -1).
-        z0, n, axis: the run of slices.
+        out: (n, H, W) array of the same dtype (NumPy or torch, pinned or not), any strides
+            whose elements do not overlap, H and W the two remaining axes of the volume in order
+            (slice k is ``volume[:, :, z0 + k]`` for axis -1).
+        z0, n, axis: the run of slices (integers).
 
-    Multi-threaded C++ (OpenMP): row copies where both sides share their contiguous axis,
-    tiled transposes where they do not (C order sliced along Z, Fortran order).
+    Multi-threaded C++: row copies where both sides share their contiguous axis (a slab laid out
+    in the volume's memory order: ``runtime.slab_io.slab_view``), tiled transposes where they
+    do not (a C-contiguous slab of a C-order volume sliced along Z, or of a Fortran-order one).
     """
     vol = _raw_host(volume, "volume")
     dst = _raw_host(out, "out", writable=True)
     _check_same_dtype(volume, "volume", out, "out")
-    native().gather_slices(vol, dst, int(z0), int(n), int(axis))
+    native().gather_slices(vol, dst, *_run_args(z0, n, axis))
 
 
 def scatter_slices(
     slab: ArrayLike, out_volume: ArrayLike, *, z0: int, n: int, axis: int = -1
 ) -> None:
-    """The reverse of :func:`gather_slices`: a C-contiguous (n, H, W) ``slab`` -> slices
-    ``[z0, z0 + n)`` along ``axis`` of ``out_volume`` (3D, same dtype, any strides). Slices
-    outside the run are left untouched."""
+    """The reverse of :func:`gather_slices`: an (n, H, W) ``slab`` of any strides -> slices
+    ``[z0, z0 + n)`` along ``axis`` of ``out_volume`` (3D, same dtype, any strides whose
+    elements do not overlap). Slices outside the run are left untouched."""
     src = _raw_host(slab, "slab")
     vol = _raw_host(out_volume, "out_volume", writable=True)
     _check_same_dtype(slab, "slab", out_volume, "out_volume")
-    native().scatter_slices(src, vol, int(z0), int(n), int(axis))
+    native().scatter_slices(src, vol, *_run_args(z0, n, axis))
+
+
+def _run_args(z0: Any, n: Any, axis: Any) -> tuple[int, int, int]:
+    """(z0, n, axis) as Python ints; ValueError for anything that is not an integer (a float
+    would be truncated into another run)."""
+    out = []
+    for name, v in (("z0", z0), ("n", n), ("axis", axis)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {v!r}")
+        out.append(int(v))
+    return out[0], out[1], out[2]

@@ -10,11 +10,11 @@ direction stops at the volume's edge, or at the first slice whose mask has fewer
 Cost: the two directions walk in lockstep, so each step decodes both next slices in one
 decoder call; the encoder (the expensive half) runs ahead of the walk, one backend call of about
 ``lookahead`` slices shared by the directions still walking (``lookahead // 2`` ahead of each
-while both walk). Only the decoder, which needs the previous slice's mask, runs step by step.
-Once a direction's mask has shrunk under a tenth of the walk's largest (the structure is
-ending) it is encoded at most 2 slices ahead, so few slices are encoded and never used (they
-stay in a session's cache). Backends that cannot split run the whole model step by step on the
-slices of that step.
+while both walk; a direction at the volume's edge leaves its share to the other). Only the
+decoder, which needs the previous slice's mask, runs step by step. Once a direction's mask has
+shrunk under a tenth of the walk's largest (the structure is ending) it is encoded at most 2
+slices ahead, so few slices are encoded and never used (they stay in a session's cache).
+Backends that cannot split run the whole model step by step on the slices of that step.
 
 Frames: the 2D box ``(x0, y0, x1, y1)`` has x over the first remaining volume axis
 and y over the second (axial slices of an (X, Y, Z) volume: x over axis 0, y over axis 1),
@@ -135,16 +135,27 @@ class _Front:
 
 
 def _refill(session: Any, fronts: list[_Front], lookahead: int, seed: int | None = None) -> Any:
-    """One encoder call that tops up every front's queue: ``lookahead`` slices shared between
-    the fronts (and the seed, if given, which is encoded first and returned)."""
+    """One encoder call that tops up the fronts' queues: ``lookahead`` slices (at least one
+    per front) shared between them, after the seed if given (encoded first and returned). A
+    front that can take less than its share (near the volume's edge, or near its structure's
+    end) leaves the rest to the others."""
     extra = [] if seed is None else [seed]
-    per = max(1, (lookahead - len(extra)) // max(1, len(fronts)))
-    wanted = [f.wanted(min(per, NEAR_END_LOOKAHEAD) if f.near_end else per, session.n_slices)
-              for f in fronts]
-    entries = iter(session.encode(extra + [k for ks in wanted for k in ks]))
+    n = session.n_slices
+    left = max(len(fronts), lookahead - len(extra))
+
+    def limit(f: _Front, share: int) -> int:
+        return min(share, NEAR_END_LOOKAHEAD) if f.near_end else share
+
+    wanted: dict[int, list[int]] = {}
+    order = sorted(fronts, key=lambda f: len(f.wanted(limit(f, left), n)))
+    for i, f in enumerate(order):
+        ks = f.wanted(limit(f, max(1, left // (len(order) - i))), n)
+        wanted[f.step] = ks
+        left -= len(ks)
+    entries = iter(session.encode(extra + [k for f in fronts for k in wanted[f.step]]))
     first = next(entries) if extra else None
-    for f, ks in zip(fronts, wanted, strict=True):
-        f.queue.extend((k, next(entries)) for k in ks)
+    for f in fronts:
+        f.queue.extend((k, next(entries)) for k in wanted[f.step])
     return first
 
 
