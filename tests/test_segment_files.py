@@ -192,8 +192,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_torchrun_shards_folder(tmp_path, small_ckpt, mni_crop):
+def _torchrun_segment(tmp_path, mni_crop, checkpoint):
+    """`sam-unet segment` of a folder of 4 small NIfTIs under torchrun with 2 CPU ranks ->
+    (completed process, output folder)."""
     data, affine = mni_crop
     src = tmp_path / "in"
     src.mkdir()
@@ -203,9 +204,14 @@ def test_torchrun_shards_folder(tmp_path, small_ckpt, mni_crop):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            "-m", "sam_unet.cli", "segment", "-i", str(src), "-o", str(out),
-           "--checkpoint", str(small_ckpt), "--device", "cpu", "--quiet"]
+           "--checkpoint", str(checkpoint), "--device", "cpu", "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env), out
+
+
+@pytest.mark.slow
+def test_torchrun_shards_folder(tmp_path, small_ckpt, mni_crop):
+    proc, out = _torchrun_segment(tmp_path, mni_crop, small_ckpt)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == [f"vol{i}_seg.nii.gz" for i in range(4)]
     # each rank reports its share through the gloo group: 2 + 2
@@ -218,20 +224,9 @@ def test_torchrun_ranks_that_cannot_load_the_model_still_report(tmp_path, mni_cr
     """A damaged checkpoint under torchrun: each rank says so in one line and still joins the
     summary exchange (a rank whose load fails alone must not leave the others waiting), rank 0
     prints the totals, the run ends non-zero with nothing written."""
-    data, affine = mni_crop
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(4):
-        _write(src / f"vol{i}.nii.gz", data[..., i:i + 3], affine)
     bad = tmp_path / "damaged.pt"
     bad.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "sam_unet.cli", "segment", "-i", str(src), "-o", str(out),
-           "--checkpoint", str(bad), "--device", "cpu", "--quiet"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc, out = _torchrun_segment(tmp_path, mni_crop, bad)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert text.count("sam-unet segment: error: ") == 2 and "cannot load the model" in text
