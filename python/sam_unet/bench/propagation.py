@@ -9,9 +9,14 @@ On the bundled MNI152 T1 with the demo model (or a checkpoint you name):
 - a session: the first ``predict`` on a slice (encoder + decoder) and a cached one (decoder
   only), in milliseconds.
 
+With ``--variant res34`` (or res50) the same cost comparison runs on random weights of a
+deployment variant, whose encoder dominates as it does in practice (the masks mean nothing
+there, so the walk goes to the crop's edges).
+
 A benchmark, not a test::
 
     python -m sam_unet.bench.propagation --backend onnxruntime --threads 2 --runs 3
+    python -m sam_unet.bench.propagation --backend torch --variant res34 --runs 3
 """
 
 from __future__ import annotations
@@ -113,6 +118,55 @@ def run_propagation_bench(engine: Any, volume: np.ndarray, reference: np.ndarray
     }
 
 
+def run_cost_bench(engine: Any, volume: np.ndarray, k: int, box: tuple[int, int, int, int], *,
+                   runs: int = 3) -> dict[str, Any]:
+    """Cost only, for a model whose masks mean nothing (random weights of a deployment
+    variant): the walk runs with ``min_area=1`` (to the volume's edges where the masks never
+    vanish) and the same slices are segmented with the boxes the walk decoded with; alternated
+    pairs, median ratio."""
+    engine.propagate(volume, k, box, min_area=1)
+    report = engine.last_propagation
+    given = dict(report.boxes)
+    engine.segment(volume, boxes=given)
+    prop_s, given_s = [], []
+    for _ in range(runs):
+        prop_s.append(time_fn(lambda: engine.propagate(volume, k, box, min_area=1), warmup=0,
+                              runs=1).median)
+        given_s.append(time_fn(lambda: engine.segment(volume, boxes=given), warmup=0,
+                               runs=1).median)
+    ratios = [p / g for p, g in zip(prop_s, given_s, strict=True)]
+    return {"seed_slice": k, "seed_box": list(box), "slices": len(report.slices),
+            "encoded": report.encoded, "propagate_s": float(np.median(prop_s)),
+            "given_boxes_s": float(np.median(given_s)), "ratio": float(np.median(ratios)),
+            "pair_ratios": ratios}
+
+
+def _cost_main(args: argparse.Namespace, volume: np.ndarray) -> int:
+    """--variant res34|res50: the cost benchmark with random weights (see run_cost_bench) on a
+    160x190x12 crop of the MNI152 T1."""
+    import torch
+
+    from sam_unet.checkpoints import save_checkpoint
+    from sam_unet.models.build import build_model
+
+    torch.manual_seed(0)
+    crop = np.ascontiguousarray(volume[20:180, 20:210, 90:102])
+    with tempfile.TemporaryDirectory(prefix="sam-unet-bench-") as tmp:
+        ckpt = Path(tmp) / f"{args.variant}.pt"
+        save_checkpoint(build_model(args.variant).eval(), ckpt)
+        engine = make_engine(args.backend, ckpt, Path(tmp), args.batch_size, args.threads)
+        row = run_cost_bench(engine, crop, 6, (20, 20, 140, 170), runs=args.runs)
+    print(f"engine: {engine.describe()} (random weights: cost only)")
+    print(f"propagation through {row['slices']} slices of a {crop.shape} crop in "
+          f"{row['propagate_s']:.2f} s (encoded {row['encoded']}); the same slices with given "
+          f"boxes {row['given_boxes_s']:.2f} s; ratio {row['ratio']:.2f} (median of "
+          f"{len(row['pair_ratios'])} alternated pairs: "
+          f"{', '.join(f'{r:.2f}' for r in row['pair_ratios'])})")
+    if args.json:
+        args.json.write_text(json.dumps(row, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -127,11 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--runs", type=int, default=5, help="alternated (propagate, given) pairs")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--variant", choices=("demo", "res34", "res50"), default="demo",
+                   help="demo: the demo checkpoint (or --checkpoint) on the white matter, with "
+                        "Dice and session figures; res34/res50: cost only, random weights of a "
+                        "deployment variant walked through a 12-slice crop")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     t1, wm = mni152.load_t1_and_wm_mask()
+    if args.variant != "demo":
+        return _cost_main(args, np.asarray(t1.data))
     with tempfile.TemporaryDirectory(prefix="sam-unet-bench-") as tmp:
         engine = make_engine(args.backend, args.checkpoint, Path(tmp), args.batch_size,
                              args.threads)
