@@ -278,3 +278,21 @@ def test_errors_name_the_problem(mni):
     with pytest.raises(ValueError, match=r"mask prompt has shape \(10, 10\)"):
         eng.propagate(top, 12, np.ones((10, 10), np.uint8))
     assert eng.backend.calls == []  # nothing ran
+
+
+def test_cost_benchmark_runs_on_random_weights(mni):
+    """The propagation cost benchmark's random-weights mode (not timed here): the walk goes
+    through the whole crop and the given-box pass segments exactly the walked slices."""
+    from sam_unet.bench.propagation import run_cost_bench
+    from sam_unet.models.build import build_model
+    from sam_unet.runtime.backends import make_backend
+
+    torch.manual_seed(0)
+    eng = Engine(make_backend("torch", model=build_model("tiny").eval(), device="cpu",
+                              precision="fp32", max_batch=4), batch_size=4)
+    crop = np.ascontiguousarray(mni[0][40:120, 50:150, 95:101])
+    row = run_cost_bench(eng, crop, 2, (10, 10, 60, 80), runs=1)
+    r = eng.last_propagation
+    assert row["slices"] == len(r.slices) and set(r.boxes) == set(r.slices)
+    assert row["ratio"] > 0 and len(row["pair_ratios"]) == 1
+    assert eng.last_stats.slices == len(r.slices)  # the given-box pass: the walked slices only
