@@ -141,6 +141,12 @@ def run_cost_bench(engine: Any, volume: np.ndarray, k: int, box: tuple[int, int,
             "pair_ratios": ratios}
 
 
+def _ratio_text(row: dict[str, Any]) -> str:
+    pairs = ", ".join(f"{r:.2f}" for r in row["pair_ratios"])
+    return (f"the same slices with given boxes: {row['given_boxes_s']:.2f} s; ratio "
+            f"{row['ratio']:.2f} (median of {len(row['pair_ratios'])} alternated pairs: {pairs})")
+
+
 def _cost_main(args: argparse.Namespace, volume: np.ndarray) -> int:
     """--variant res34|res50: the cost benchmark with random weights (see run_cost_bench) on a
     160x190x12 crop of the MNI152 T1."""
@@ -158,10 +164,7 @@ def _cost_main(args: argparse.Namespace, volume: np.ndarray) -> int:
         row = run_cost_bench(engine, crop, 6, (20, 20, 140, 170), runs=args.runs)
     print(f"engine: {engine.describe()} (random weights: cost only)")
     print(f"propagation through {row['slices']} slices of a {crop.shape} crop in "
-          f"{row['propagate_s']:.2f} s (encoded {row['encoded']}); the same slices with given "
-          f"boxes {row['given_boxes_s']:.2f} s; ratio {row['ratio']:.2f} (median of "
-          f"{len(row['pair_ratios'])} alternated pairs: "
-          f"{', '.join(f'{r:.2f}' for r in row['pair_ratios'])})")
+          f"{row['propagate_s']:.2f} s (encoded {row['encoded']}); {_ratio_text(row)}")
     if args.json:
         args.json.write_text(json.dumps(row, indent=1) + "\n", encoding="utf-8")
     return 0
@@ -202,11 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"engine: {row['backend']}")
     print(f"propagation from slice {row['seed_slice']}: {row['slices']} slices "
           f"{row['extent']} in {row['propagate_s']:.2f} s (encoded {row['encoded']}, "
-          f"{row['unused_lookahead']} ahead unused); the same slices with given boxes: "
-          f"{row['given_boxes_s']:.2f} s; ratio {row['ratio']:.2f} (median of "
-          f"{len(row['pair_ratios'])} alternated pairs: "
-          f"{', '.join(f'{r:.2f}' for r in row['pair_ratios'])}); {row['encoder_calls']} encoder "
-          f"calls, {row['decoder_calls']} decoder calls")
+          f"{row['unused_lookahead']} ahead unused); {_ratio_text(row)}; "
+          f"{row['encoder_calls']} encoder calls, {row['decoder_calls']} decoder calls")
     print(f"session: first predict {row['first_predict_ms']:.1f} ms, cached predict "
           f"{row['cached_predict_ms']:.1f} ms (p90 {row['cached_predict_p90_ms']:.1f} ms)")
     print(f"Dice: propagated vs full-slice {row['dice_vs_full_slice']:.4f}, vs reference "
