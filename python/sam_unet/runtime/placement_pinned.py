@@ -35,7 +35,14 @@ from typing import Any
 import numpy as np
 
 from sam_unet.runtime import slab_io
-from sam_unet.runtime.placements import Feed, Placement, SlabResult, preprocess_slab, store_result
+from sam_unet.runtime.placements import (
+    Feed,
+    Placement,
+    SlabResult,
+    host_outputs,
+    preprocess_slab,
+    store_result,
+)
 from sam_unet.runtime.plan import Plan, Slab
 from sam_unet.runtime.streams import Buffer, StreamDevice
 
@@ -71,16 +78,14 @@ class PinnedPlacement(Placement):
         self.pinned_in = [d.host_buffer(f"pinned_in[{s}]", hw, self.in_dtype) for s in SETS]
         self.device_in = [d.device_buffer(f"device_in[{s}]", hw,
                                           slab_io.torch_dtype(self.in_dtype)) for s in SETS]
-        channels = {"mask": (np.uint8, torch.uint8, 0)}
+        channels = {"mask": (np.uint8, torch.uint8)}
         if self.feed.scores:
-            channels["scores"] = (np.float32, torch.float32, -np.inf)
+            channels["scores"] = (np.float32, torch.float32)
         self.device_out = {c: [d.device_buffer(f"device_{c}[{s}]", hw, t) for s in SETS]
-                           for c, (_, t, _) in channels.items()}
+                           for c, (_, t) in channels.items()}
         self.pinned_out = {c: [d.host_buffer(f"pinned_{c}[{s}]", hw, np.dtype(n)) for s in SETS]
-                           for c, (n, _, _) in channels.items()}
-        order = slab_io.memory_order(slab_io.strides_of(self.volume), geo.shape)
-        self.outputs = {c: slab_io.empty_in_order(geo.shape, order, n, fill)
-                        for c, (n, _, fill) in channels.items()}
+                           for c, (n, _) in channels.items()}
+        self.outputs = host_outputs(self.volume, geo.shape, scores=self.feed.scores)
         self.uploaded = [d.event(f"uploaded[{s}]") for s in SETS]
         self.preprocessed = [d.event(f"preprocessed[{s}]") for s in SETS]
         self.computed = [d.event(f"computed[{s}]") for s in SETS]

@@ -7,16 +7,15 @@ stored, for each place a volume can live. The pipeline's one loop (runtime/pipel
 
 - :class:`HostPlacement`: host volume, CPU engine. The C++ ops read the volume in place and
   write the mask in place (slabs of dtypes they cannot read are converted first).
-
-Host output volumes are laid out in the input's memory order (a Fortran-order NIfTI volume gets
-a Fortran-order mask), so writing them back is a row copy, never a transpose.
 - ``DevicePlacement`` (placement_device.py): the volume is on the engine's GPU (torch or CuPy);
   the ops read and write it in place on the compute stream.
 - ``PinnedPlacement`` (placement_pinned.py): host volume, GPU engine: pinned double buffers,
   separate upload and download streams.
 
-Every placement fills the same stage timings (:data:`STAGES`, seconds; 0 for a stage it does
-not have), ``buffer_bytes`` (its slab buffers) and ``peak_device_bytes``.
+Host output volumes (:func:`host_outputs`) are laid out in the input's memory order (a
+Fortran-order NIfTI volume gets a Fortran-order mask), so writing them back is a row copy, never
+a transpose. Every placement fills the same stage timings (:data:`STAGES`, seconds; 0 for a
+stage it does not have), ``buffer_bytes`` (its slab buffers) and ``peak_device_bytes``.
 """
 
 from __future__ import annotations
@@ -101,6 +100,16 @@ def _host_if_cpu(t: Any) -> Any:
     return t.numpy() if hasattr(t, "is_cuda") and not t.is_cuda else t
 
 
+def host_outputs(volume: Any, shape: tuple[int, int, int], *, scores: bool) -> dict[str, Any]:
+    """The host output volumes of ``shape`` in ``volume``'s memory order, page-aligned: "mask"
+    uint8 zeros and, with ``scores``, "scores" float32 -inf."""
+    order = slab_io.memory_order(slab_io.strides_of(volume), shape)
+    outputs = {"mask": slab_io.empty_in_order(shape, order, np.uint8)}
+    if scores:
+        outputs["scores"] = slab_io.empty_in_order(shape, order, np.float32, -np.inf)
+    return outputs
+
+
 class Placement(ABC):
     """Shared state: the feed, stage timings, buffer and peak memory figures."""
 
@@ -148,10 +157,7 @@ class HostPlacement(Placement):
 
         geo = self.feed.geometry
         self.images = torch.empty((slab_size, 3, 256, 256), dtype=self.feed.images_dtype)
-        order = slab_io.memory_order(slab_io.strides_of(self.volume), geo.shape)
-        self.outputs = {"mask": slab_io.empty_in_order(geo.shape, order, np.uint8)}
-        if self.feed.scores:
-            self.outputs["scores"] = slab_io.empty_in_order(geo.shape, order, np.float32, -np.inf)
+        self.outputs = host_outputs(self.volume, geo.shape, scores=self.feed.scores)
         self.buffer_bytes = self.images.numel() * self.images.element_size()
         if not self.in_place:
             self.scratch = np.empty((slab_size, geo.height, geo.width),
